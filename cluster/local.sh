@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# A multi-node Ray cluster on this one machine: a head node plus N worker nodes, token auth on.
+#
+#   cluster/local.sh start [N_WORKERS]   # default 1 worker; prints the dashboard URL and job command
+#   cluster/local.sh status              # `ray status` for this cluster
+#   cluster/local.sh stop                # `ray stop`: ends EVERY Ray process on this machine
+#
+# Settings (environment variables; defaults in brackets):
+#   CPUS_PER_NODE     CPUs each node advertises [nproc / (N_WORKERS + 1), at least 1]
+#   HEAD_CPUS         CPUs the head advertises [CPUS_PER_NODE]; 0 keeps trials off the head, as on
+#                     the cloud clusters
+#   GPUS_PER_WORKER   GPUs each worker advertises [0]; every node on one machine sees the same GPUs,
+#                     so with several workers split them by hand (e.g. 1 worker, GPUS_PER_WORKER=1)
+#   OBJECT_STORE_GB   object store per node, in GB (integer) [1]
+#   NODE_IP           address every node binds and advertises [127.0.0.1: unreachable from outside]
+#   RAY_PORT          GCS port of the head [6379]
+#   DASHBOARD_HOST    dashboard bind address [127.0.0.1]; 0.0.0.0 exposes it (token auth still applies)
+#   DASHBOARD_PORT    [8265]
+#   AGENT_PORT_BASE   dashboard-agent HTTP port of the head; worker i uses AGENT_PORT_BASE + i [52365]
+#   RAY_AUTH_MODE     token | disabled [token]. Ray 2.60's `ray start --head` turns token auth on by
+#                     itself only when a token already exists, and worker nodes and clients need
+#                     RAY_AUTH_MODE=token exported explicitly, so the script always exports it.
+#   RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH   use this token instead of ~/.ray/auth_token (Ray's order:
+#                     RAY_AUTH_TOKEN, then RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token)
+set -euo pipefail
+
+usage() {
+    sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+}
+
+die() {
+    echo "local.sh: $*" >&2
+    exit 1
+}
+
+case "${1:-}" in
+    start | status | stop) ;;
+    *) usage ;;
+esac
+command -v ray >/dev/null || die "no 'ray' on PATH: activate the environment that has ray[default,tune]==2.60.0 (e.g. source .venv/bin/activate)"
+
+# The Python that runs `ray` (its console script's shebang), so node checks use the same install.
+RAY_PY="$(head -n 1 "$(command -v ray)" | sed 's/^#!//')"
+[[ -x "$RAY_PY" ]] || RAY_PY=python3
+
+NODE_IP="${NODE_IP:-127.0.0.1}"
+RAY_PORT="${RAY_PORT:-6379}"
+DASHBOARD_HOST="${DASHBOARD_HOST:-127.0.0.1}"
+DASHBOARD_PORT="${DASHBOARD_PORT:-8265}"
+AGENT_PORT_BASE="${AGENT_PORT_BASE:-52365}"
+OBJECT_STORE_GB="${OBJECT_STORE_GB:-1}"
+GPUS_PER_WORKER="${GPUS_PER_WORKER:-0}"
+GCS_ADDRESS="${NODE_IP}:${RAY_PORT}"
+# A dashboard bound to all interfaces is still reached locally through 127.0.0.1.
+case "$DASHBOARD_HOST" in
+    0.0.0.0 | "::") DASHBOARD_URL="http://127.0.0.1:${DASHBOARD_PORT}" ;;
+    *) DASHBOARD_URL="http://${DASHBOARD_HOST}:${DASHBOARD_PORT}" ;;
+esac
+
+export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
+case "$RAY_AUTH_MODE" in
+    token | disabled) ;;
+    *) die "RAY_AUTH_MODE=$RAY_AUTH_MODE: Ray knows 'token' and 'disabled'" ;;
+esac
+
+is_int() { [[ "$1" =~ ^[0-9]+$ ]]; }
+
+token_source() {
+    if [[ -n "${RAY_AUTH_TOKEN:-}" ]]; then
+        echo "the RAY_AUTH_TOKEN environment variable"
+    elif [[ -n "${RAY_AUTH_TOKEN_PATH:-}" ]]; then
+        echo "$RAY_AUTH_TOKEN_PATH (RAY_AUTH_TOKEN_PATH)"
+    else
+        echo "$HOME/.ray/auth_token"
+    fi
+}
+
+# The shell expression that reads the token, for the curl example.
+token_expr() {
+    if [[ -n "${RAY_AUTH_TOKEN:-}" ]]; then
+        echo '$RAY_AUTH_TOKEN'
+    else
+        echo "\$(cat ${RAY_AUTH_TOKEN_PATH:-~/.ray/auth_token})"
+    fi
+}
+
+ensure_token() {
+    [[ "$RAY_AUTH_MODE" == token ]] || return 0
+    if [[ -n "${RAY_AUTH_TOKEN_PATH:-}" && ! -s "$RAY_AUTH_TOKEN_PATH" ]]; then
+        die "RAY_AUTH_TOKEN_PATH=$RAY_AUTH_TOKEN_PATH is missing or empty: write a token there or unset it"
+    fi
+    if [[ -z "${RAY_AUTH_TOKEN:-}" && -z "${RAY_AUTH_TOKEN_PATH:-}" && ! -s "$HOME/.ray/auth_token" ]]; then
+        # `ray start --head` never generates a token (only ray.init() does): make one first.
+        ray get-auth-token --generate >/dev/null 2>&1 || die "'ray get-auth-token --generate' failed"
+        chmod 600 "$HOME/.ray/auth_token"
+        echo "Generated a new token in $HOME/.ray/auth_token"
+    fi
+}
+
+# Counted through the dashboard's state API, which (unlike a ray.init() probe) leaves no driver
+# behind in `ray job list`.
+alive_nodes() {
+    ray list nodes --address "$DASHBOARD_URL" --filter state=ALIVE --format json 2>/dev/null |
+        "$RAY_PY" -c 'import json, sys; print(len(json.load(sys.stdin)))'
+}
+
+cmd_start() {
+    local n_workers="${1:-1}"
+    is_int "$n_workers" || die "N_WORKERS=$n_workers: expected a whole number such as 1 or 2"
+    is_int "$OBJECT_STORE_GB" && ((OBJECT_STORE_GB > 0)) ||
+        die "OBJECT_STORE_GB=$OBJECT_STORE_GB: expected a whole number of GB such as 1"
+    local n_nodes=$((n_workers + 1))
+    local cpus="${CPUS_PER_NODE:-}"
+    if [[ -z "$cpus" ]]; then
+        cpus=$(($(nproc) / n_nodes))
+        ((cpus >= 1)) || cpus=1
+    fi
+    is_int "$cpus" && ((cpus >= 1)) || die "CPUS_PER_NODE=$cpus: expected a whole number >= 1"
+    local head_cpus="${HEAD_CPUS:-$cpus}"
+    is_int "$head_cpus" || die "HEAD_CPUS=$head_cpus: expected a whole number (0 keeps trials off the head)"
+    local store_bytes=$((OBJECT_STORE_GB * 1024 * 1024 * 1024))
+
+    if ray status --address "$GCS_ADDRESS" >/dev/null 2>&1; then
+        die "a Ray cluster already answers at $GCS_ADDRESS: run 'cluster/local.sh stop' first"
+    fi
+    ensure_token
+
+    echo "Starting head at $GCS_ADDRESS ($head_cpus CPUs, ${OBJECT_STORE_GB} GB object store, auth: $RAY_AUTH_MODE)"
+    ray start --head \
+        --node-ip-address="$NODE_IP" --port="$RAY_PORT" \
+        --num-cpus="$head_cpus" --num-gpus=0 \
+        --object-store-memory="$store_bytes" \
+        --include-dashboard=true --dashboard-host="$DASHBOARD_HOST" --dashboard-port="$DASHBOARD_PORT" \
+        --dashboard-agent-listen-port="$AGENT_PORT_BASE" \
+        --disable-usage-stats >/dev/null ||
+        die "'ray start --head' failed; its logs are in /tmp/ray/session_latest/logs"
+
+    local i
+    for ((i = 1; i <= n_workers; i++)); do
+        echo "Starting worker $i ($cpus CPUs, $GPUS_PER_WORKER GPUs, ${OBJECT_STORE_GB} GB object store)"
+        # Nodes on one machine share the temp dir (Ray suffixes their sockets and logs) but each
+        # needs its own dashboard-agent HTTP port; the other ports are picked free at random.
+        ray start --address="$GCS_ADDRESS" \
+            --node-ip-address="$NODE_IP" \
+            --num-cpus="$cpus" --num-gpus="$GPUS_PER_WORKER" \
+            --object-store-memory="$store_bytes" \
+            --dashboard-agent-listen-port="$((AGENT_PORT_BASE + i))" \
+            --disable-usage-stats >/dev/null ||
+            die "worker $i did not start; see /tmp/ray/session_latest/logs (stop with 'cluster/local.sh stop')"
+    done
+
+    local alive=0 _
+    for _ in $(seq 30); do
+        alive="$(alive_nodes 2>/dev/null || echo 0)"
+        [[ "$alive" == "$n_nodes" ]] && break
+        sleep 1
+    done
+    [[ "$alive" == "$n_nodes" ]] ||
+        die "$alive of $n_nodes nodes are alive after 30 s; see 'ray status' and /tmp/ray/session_latest/logs"
+
+    cat <<EOF
+
+Ray cluster up: $n_nodes nodes (head + $n_workers workers) at $GCS_ADDRESS
+Dashboard:  $DASHBOARD_URL
+EOF
+    if [[ "$RAY_AUTH_MODE" == token ]]; then
+        cat <<EOF
+Auth:       token, read from $(token_source)
+  Every shell that talks to this cluster (ray CLI, ray job, liquid-search) needs:
+    export RAY_AUTH_MODE=token
+  REST API:  curl -H "Authorization: Bearer $(token_expr)" $DASHBOARD_URL/api/jobs/
+  Browser:   the dashboard asks for the token once (print it with: ray get-auth-token)
+EOF
+    else
+        echo "Auth:       disabled: anyone who reaches these ports can run code here"
+    fi
+    cat <<EOF
+Submit a job:
+  ray job submit --address $DASHBOARD_URL --working-dir . --runtime-env cluster/runtime_env.yaml -- liquid-search run --config configs/smoke.yaml
+Or drive it from this machine:  liquid-search run --address $GCS_ADDRESS
+Stop:       cluster/local.sh stop
+EOF
+}
+
+cmd_status() {
+    ray status --address "$GCS_ADDRESS"
+    echo "Dashboard: $DASHBOARD_URL   (auth: $RAY_AUTH_MODE)"
+}
+
+cmd_stop() {
+    # `ray stop` ends every Ray process of this user on this machine, whoever started it.
+    ray stop >/dev/null 2>&1 || true
+    if pgrep -u "$(id -u)" -f 'ray/core/src/ray/(raylet/raylet|gcs/gcs_server)' >/dev/null; then
+        ray stop --force >/dev/null 2>&1 || true
+    fi
+    if pgrep -u "$(id -u)" -f 'ray/core/src/ray/(raylet/raylet|gcs/gcs_server)' >/dev/null; then
+        die "Ray processes are still running: see 'ps aux | grep -E \"raylet|gcs_server\"'"
+    fi
+    echo "Ray stopped on this machine."
+}
+
+case "${1:-}" in
+    start) cmd_start "${2:-1}" ;;
+    status) cmd_status ;;
+    stop) cmd_stop ;;
+esac

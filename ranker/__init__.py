@@ -1,0 +1,1 @@
+"""Liquid-universe pairwise stock ranker: data, model, training and metrics (no ray here)."""

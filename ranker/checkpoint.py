@@ -1,0 +1,138 @@
+"""The saved model: weights plus everything needed to use and reproduce it, no pickled classes.
+
+A checkpoint is a plain dict of tensors and Python values, loadable with
+`torch.load(path, weights_only=True)`; `load(path).score(frame)` scores new rows.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+
+from ranker.model import ModelConfig, MultiBranchRanker
+from ranker.schema import FeatureColumns
+
+FORMAT = "liquid-ranker/1"
+
+
+def atomic_write_bytes(path: str | os.PathLike, write: Any) -> None:
+    """Call `write(file)` on a temp file beside `path`, then rename it over `path`."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save(
+    path: str | os.PathLike,
+    model: MultiBranchRanker,
+    columns: FeatureColumns,
+    *,
+    train_config: dict[str, Any] | None = None,
+    universe: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write a checkpoint atomically (never a half-written file under `path`)."""
+    payload = {
+        "format": FORMAT,
+        "model_state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "model_config": model.config.to_dict(),
+        "train_config": dict(train_config or {}),
+        "columns": columns.to_dict(),
+        "universe": dict(universe or {}),
+        "metrics": metrics or {},
+        "extra": extra or {},
+    }
+    atomic_write_bytes(path, lambda f: torch.save(payload, f))
+
+
+@dataclass
+class Ranker:
+    """A loaded checkpoint, ready to score rows."""
+
+    model: MultiBranchRanker
+    columns: FeatureColumns
+    payload: dict[str, Any]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.payload["metrics"]
+
+    @property
+    def universe(self) -> dict[str, Any]:
+        return self.payload["universe"]
+
+    @torch.no_grad()
+    def score(self, frame: pd.DataFrame | pa.Table, batch: int = 8192) -> np.ndarray:
+        """Scores (N,) of the rows of `frame`, which must hold every feature column.
+
+        Raises:
+            ValueError: a feature column is missing, not numeric, or holds a non-finite value.
+        """
+        names = list(frame.column_names if isinstance(frame, pa.Table) else frame.columns)
+        missing = [c for c in self.columns.all if c not in names]
+        if missing:
+            more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+            raise ValueError(
+                f"the frame lacks {len(missing)} feature column(s) the model was trained on: "
+                f"{missing[:5]}{more}. Fix: pass a frame with the training data's columns."
+            )
+
+        def block(cols: tuple[str, ...]) -> np.ndarray:
+            if isinstance(frame, pa.Table):
+                arrs = [frame.column(c).to_numpy(zero_copy_only=False) for c in cols]
+            else:
+                arrs = [frame[c].to_numpy() for c in cols]
+            for c, a in zip(cols, arrs, strict=True):
+                if not np.issubdtype(a.dtype, np.number):
+                    raise ValueError(f"column {c!r} has dtype {a.dtype}, expected numbers")
+            out = np.ascontiguousarray(np.stack(arrs, axis=1), dtype=np.float32)
+            bad = ~np.isfinite(out)
+            if bad.any():
+                r, c = np.argwhere(bad)[0]
+                raise ValueError(
+                    f"column {cols[c]!r} row {r} is {out[r, c]}: features must be finite"
+                )
+            return out
+
+        fund, price, emb = (
+            block(self.columns.fund),
+            block(self.columns.price),
+            block(self.columns.emb),
+        )
+        self.model.eval()
+        out = np.empty(len(fund), dtype=np.float64)
+        for s in range(0, len(fund), batch):
+            out[s : s + batch] = self.model(
+                torch.from_numpy(price[s : s + batch]),
+                torch.from_numpy(fund[s : s + batch]),
+                torch.from_numpy(emb[s : s + batch]),
+            ).numpy()
+        return out
+
+
+def load(path: str | os.PathLike) -> Ranker:
+    """Load a checkpoint written by `save` (weights_only: no code runs on load)."""
+    payload = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a {FORMAT} checkpoint")
+    model = MultiBranchRanker(ModelConfig.from_dict(payload["model_config"]))
+    model.load_state_dict(payload["model_state"])
+    model.eval()
+    return Ranker(model, FeatureColumns.from_dict(payload["columns"]), payload)

@@ -1,0 +1,815 @@
+"""Built-in synthetic market: a seeded stand-in for the research data with a planted signal.
+
+`generate(out_dir)` writes `ml_dataset.pqt`, `prices.pqt`, `oracle.pqt` and `synth.json` in the
+research notebook's schema. At `scale=1.0` it is about the size of the real data (≈2.1M rows,
+5,644 symbols of which ≈1,000 are liquid at the $50M rule, ≈1,240 NYSE-like trading days from
+2021-01-13 to 2025-12-18); `n_symbols` / `n_dates` make tiny test markets.
+
+How the market is simulated
+---------------------------
+Every symbol has a latent liquidity class (18% liquid). The class sets its mean dollar volume
+(liquid: ≥ $50M·e^0.3, illiquid: ≤ $50M·e^-0.3, so the notebook's full-period rule recovers the
+class), its volatility (liquid ≈1.6%/day, illiquid ≈3%/day), its news rate (≈1/3 vs ≈1/7 of rows)
+and its lifetime (liquid names span most of the period; illiquid ones list and delist). Prices
+start 80 trading days before a symbol's first feature date and end the day after its last one.
+
+The simulation runs day by day over all symbols. On feature date d the stored features are
+computed from information up to the close of d and z-scored across the symbols present on d
+(clipped at ±5, float32): the nine price features from the symbol's own close path, 19
+fundamentals from slow AR(1) latents with a value/quality/growth/size factor structure
+(size correlates with liquidity), `news_count_z` from log1p(article count), and, on news rows,
+a unit-norm embedding `e = normalise(0.45·m + 0.45·t_sector + 0.3·t_random + 0.25·U'h + noise)`
+(a shared mean direction, 24 topic directions, three hidden "signal" directions U, isotropic
+noise of norm 0.6). Rows without news have an all-zero embedding.
+
+Then `target_return` (the log return from the close of d to the close of d+1) is
+
+    r = mu + beta·m_d + sigma·v_d·(1.3 if news else 1)·eps,  eps ~ t(4)/sqrt(2),
+
+with m_d a fat-tailed market return (≈1%/day) and v_d a slow market volatility regime. `mu` is
+the planted expected log return, written to `oracle.pqt`, and is a function of the row's stored
+features and its latent class only (c(x) = clip(x, -3, 3), s = +1 illiquid, -1 liquid):
+
+    price    P = 0.5·c(ret_1d_z) + 0.5·c(ret_5d_z)            liquid: continuation
+             P = -0.7·c(ret_1d_z) - 0.3·c(ret_3d_z)           illiquid: short-term reversal
+    fund     F = 0.6·tanh(fcf_yield_z) + s·0.6·tanh(roe_z·revenue_growth_z)
+                 - 0.5·(max(debt_to_equity_z - 1, 0) - 0.083)
+    news     N = tanh(1.5·z1) + 0.5·c(z2·z3), z_j = (e·u_j) / sd(e·u_j); N = 0 without news
+    mu = signal · k · (P + F + 1.2·N),  k = 0.00078 liquid, 0.0013 illiquid
+
+So the price pattern inverts between classes, the quality-growth interaction flips sign, and the
+value, leverage and news effects are shared: a model fitted on all stocks learns a compromise
+that is worse on the liquid names than one fitted on them alone. With `signal=1` the mean daily
+Spearman IC of mu against the realised return is ≈0.04 on liquid news rows and ≈0.04 on illiquid
+news rows (see `synth.json`); `signal` scales mu and so the IC (≈0.15 at `signal=4`).
+
+Determinism: all randomness comes from `np.random.default_rng([seed, stream, t])` streams (static
+market properties, and one stream per simulated day), so a seed fixes every byte of the output.
+The output is streamed in chunks of dates through `pyarrow.parquet.ParquetWriter` (one row group
+per chunk), written under temporary names and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pandas.tseries.holiday import (
+    AbstractHolidayCalendar,
+    GoodFriday,
+    Holiday,
+    USLaborDay,
+    USMartinLutherKingJr,
+    USMemorialDay,
+    USPresidentsDay,
+    USThanksgivingDay,
+    nearest_workday,
+    sunday_to_monday,
+)
+
+from ranker.schema import (
+    CLOSE,
+    DATASET_FILE,
+    DATE,
+    EMB_PREFIX,
+    NEWS_COUNT,
+    ORACLE,
+    ORACLE_FILE,
+    PRICE_DATE,
+    PRICE_FEATURES,
+    PRICES_FILE,
+    SYMBOL,
+    TARGET,
+    VOLUME,
+)
+
+SUMMARY_FILE = "synth.json"
+
+FUND_FEATURES: tuple[str, ...] = (
+    "pe_ratio_z",
+    "pb_ratio_z",
+    "ps_ratio_z",
+    "ev_ebitda_z",
+    "roe_z",
+    "roa_z",
+    "gross_margin_z",
+    "operating_margin_z",
+    "net_margin_z",
+    "debt_to_equity_z",
+    "current_ratio_z",
+    "revenue_growth_z",
+    "earnings_growth_z",
+    "fcf_yield_z",
+    "dividend_yield_z",
+    "market_cap_z",
+    "beta_z",
+    "asset_turnover_z",
+    "interest_coverage_z",
+)
+# Loadings of each fundamental on the (size, value, quality, growth) factors; the rest of its
+# unit variance is idiosyncratic.
+_FUND_LOADINGS = np.array(
+    [
+        [0.0, -0.6, 0.0, 0.3],  # pe_ratio
+        [0.0, -0.6, 0.3, 0.0],  # pb_ratio
+        [0.0, -0.5, 0.0, 0.4],  # ps_ratio
+        [0.0, -0.6, 0.0, 0.0],  # ev_ebitda
+        [0.0, 0.0, 0.7, 0.0],  # roe
+        [0.0, 0.0, 0.6, 0.0],  # roa
+        [0.0, 0.0, 0.5, 0.0],  # gross_margin
+        [0.0, 0.0, 0.6, 0.0],  # operating_margin
+        [0.0, 0.0, 0.6, 0.0],  # net_margin
+        [0.0, 0.0, -0.3, 0.0],  # debt_to_equity
+        [0.0, 0.0, 0.2, 0.0],  # current_ratio
+        [0.0, 0.0, 0.0, 0.7],  # revenue_growth
+        [0.0, 0.0, 0.2, 0.5],  # earnings_growth
+        [0.0, 0.6, 0.3, 0.0],  # fcf_yield
+        [0.2, 0.4, 0.0, -0.3],  # dividend_yield
+        [0.9, 0.0, 0.0, 0.0],  # market_cap
+        [-0.2, 0.0, 0.0, 0.3],  # beta
+        [0.0, 0.0, 0.3, 0.0],  # asset_turnover
+        [0.0, 0.0, 0.5, 0.0],  # interest_coverage
+    ]
+)
+_F = {name: k for k, name in enumerate(FUND_FEATURES)}
+_P = {name: k for k, name in enumerate(PRICE_FEATURES)}
+
+SEED_SYMBOLS = 5644  # symbols at scale=1.0, as in the research data
+LIQUID_FRACTION = 0.18
+LIQUID_THRESHOLD = 50e6  # the notebook's rule: mean close*volume over the prices file
+LOOKBACK = 80  # price history before a symbol's first feature date
+IC_MIN_ROWS = 3  # a date enters the summary ICs with at least this many rows in the group
+ROWS_PER_GROUP = 65_536  # dataset rows per chunk (= parquet row group); bounds memory
+
+# Planted signal (see the module docstring).
+_K_LIQUID = 0.00065
+_K_ILLIQUID = 0.0016
+_NEWS_WEIGHT = 0.8
+_NEWS_FLIP = 0.8
+_SIZE_LIQUIDITY = 0.4  # loading of the size factor on log dollar volume
+_RELU1_MEAN = 0.083  # E[max(x - 1, 0)] for x ~ N(0, 1)
+
+# Market dynamics.
+_FUND_DYN = 0.2  # share of a fundamental's variance that moves over time
+_FUND_RHO = 0.99  # daily AR(1) coefficient of the moving part
+_ILLIQUID_NEWS = (2.5, 7.5)  # beta distribution of an illiquid symbol's news probability
+_NEWS_VOL = 1.3  # idiosyncratic vol multiplier on news days
+_NEWS_VOLUME = 1.6  # volume multiplier on news days
+_VOLUME_SD = 0.35  # daily log-volume noise
+
+# News embeddings.
+_N_TOPICS = 24
+_N_HIDDEN = 3
+_EMB_MEAN, _EMB_SECTOR, _EMB_TOPIC, _EMB_SIGNAL, _EMB_NOISE = 0.45, 0.45, 0.3, 0.25, 0.6
+
+_STATIC_STREAM, _DAY_STREAM, _CALIBRATION_STREAM = 0, 1, 2
+
+
+class _NyseLikeCalendar(AbstractHolidayCalendar):
+    """US exchange holidays, close enough to give the research data's ≈1,240 trading days."""
+
+    rules = [  # noqa: RUF012 (pandas expects a plain class attribute)
+        Holiday("New Year", month=1, day=1, observance=sunday_to_monday),
+        USMartinLutherKingJr,
+        USPresidentsDay,
+        GoodFriday,
+        USMemorialDay,
+        Holiday("Juneteenth", month=6, day=19, start_date="2022-01-01", observance=nearest_workday),
+        Holiday("Independence Day", month=7, day=4, observance=nearest_workday),
+        USLaborDay,
+        USThanksgivingDay,
+        Holiday("Christmas", month=12, day=25, observance=nearest_workday),
+    ]
+
+
+@dataclass(frozen=True)
+class _Market:
+    """Static properties of one synthetic market; per-symbol arrays are (n,)."""
+
+    names: tuple[str, ...]
+    liquid: np.ndarray  # bool, the latent liquidity class
+    adv: np.ndarray  # target mean dollar volume
+    sigma: np.ndarray  # idiosyncratic daily vol
+    beta: np.ndarray
+    p_news: np.ndarray  # probability that a row has news
+    news_rate: np.ndarray  # Poisson mean of extra articles on a news day
+    sector: np.ndarray  # int, the symbol's home news topic
+    log_p0: np.ndarray  # log close on the symbol's first price date
+    first: np.ndarray  # int, first feature-date index
+    stop: np.ndarray  # int, one past the last feature-date index
+    fund_static: np.ndarray  # (19, n) permanent part of the fundamental latents
+    mean_dir: np.ndarray  # (D,) float32, direction shared by all embeddings
+    topics: np.ndarray  # (D, T) float32 unit topic directions
+    hidden: np.ndarray  # (H, D) float64 orthonormal signal directions
+    proj_sd: np.ndarray  # (H,) sd of e·u_j over news rows
+
+
+def generate(
+    out_dir: str | os.PathLike,
+    *,
+    scale: float = 1.0,
+    seed: int = 0,
+    n_symbols: int | None = None,
+    n_dates: int | None = None,
+    signal: float = 1.0,
+    emb_dim: int = 768,
+    start: str = "2021-01-13",
+    end: str = "2025-12-18",
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Write a seeded synthetic market with a planted signal into `out_dir`.
+
+    Args:
+        out_dir: folder for `ml_dataset.pqt`, `prices.pqt`, `oracle.pqt` and `synth.json`
+            (created if missing; existing files of those names are replaced).
+        scale: multiplies the research data's 5,644 symbols (dates stay).
+        seed: fixes every byte of the output.
+        n_symbols: number of symbols, overriding `scale`.
+        n_dates: number of feature dates: the first `n_dates` trading days from `start`
+            (`end` is then ignored). Default: the trading days from `start` to `end`.
+        signal: multiplies the planted expected return (1.0 ≈ the real data's weak signal).
+        emb_dim: news embedding width D (columns emb_0..emb_{D-1}).
+        start, end: first and last feature date (ISO dates).
+        log: called with a progress line after each chunk of dates.
+
+    Returns:
+        The summary also written to `synth.json`: row and symbol counts, liquid symbols at the
+        $50M full-period rule, news fractions and the oracle's mean daily Spearman IC on liquid
+        and on illiquid news rows.
+
+    Raises:
+        ValueError: a parameter is out of range or a date does not parse.
+    """
+    n_sym, days, price_days = _check_params(
+        scale, seed, n_symbols, n_dates, signal, emb_dim, start, end
+    )
+    params = {
+        "scale": scale,
+        "seed": seed,
+        "n_symbols": n_sym,
+        "n_dates": len(days),
+        "signal": signal,
+        "emb_dim": emb_dim,
+        "start": str(days[0]),
+        "end": str(days[-1]),
+        "lookback": LOOKBACK,
+        "liquid_threshold": LIQUID_THRESHOLD,
+    }
+    say = log or (lambda _msg: None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    market = _make_market(n_sym, len(days), emb_dim, seed)
+
+    names = (DATASET_FILE, PRICES_FILE, ORACLE_FILE)
+    tmp = {name: out / f"{name}.tmp-{os.getpid()}" for name in names}
+    complete = False
+    try:
+        with ExitStack() as stack:
+            writers = {
+                name: stack.enter_context(
+                    pq.ParquetWriter(tmp[name], schema, use_dictionary=dict_cols)
+                )
+                for name, schema, dict_cols in (
+                    (DATASET_FILE, _dataset_schema(emb_dim), [DATE, SYMBOL]),
+                    (PRICES_FILE, _prices_schema(), [SYMBOL, PRICE_DATE]),
+                    (ORACLE_FILE, _oracle_schema(), [DATE, SYMBOL]),
+                )
+            }
+            stats = _simulate(market, days, price_days, signal, seed, writers, say)
+        summary = _summarize(market, days, stats)
+        complete = True
+    finally:
+        if not complete:
+            for path in tmp.values():
+                path.unlink(missing_ok=True)
+
+    # The summary file marks a complete set: drop the old one before swapping the data in.
+    (out / SUMMARY_FILE).unlink(missing_ok=True)
+    for name in names:
+        os.replace(tmp[name], out / name)
+    _write_json_atomic(out / SUMMARY_FILE, {"params": params, "summary": summary})
+    say(
+        f"synth: wrote {summary['rows']:,} rows, {summary['symbols']:,} symbols "
+        f"({summary['liquid_symbols']:,} liquid) to {out}"
+    )
+    return summary
+
+
+def _check_params(scale, seed, n_symbols, n_dates, signal, emb_dim, start, end):
+    """Validate the arguments of `generate`; return (n_symbols, feature days, price days)."""
+    if not (isinstance(seed, int | np.integer) and seed >= 0):
+        raise ValueError(f"seed={seed!r} must be a non-negative integer. Fix: pass e.g. seed=0.")
+    if n_symbols is None:
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(
+                f"scale={scale!r} must be a positive number. Fix: pass e.g. scale=0.1."
+            )
+        n_symbols = round(SEED_SYMBOLS * scale)
+    if n_symbols < 10:
+        raise ValueError(
+            f"the market has {n_symbols} symbols (n_symbols={n_symbols}, scale={scale}); at least "
+            f"10 are needed to have both liquid and illiquid names. Fix: raise n_symbols or scale."
+        )
+    if n_dates is not None and n_dates < 2:
+        raise ValueError(f"n_dates={n_dates} must be at least 2. Fix: pass n_dates>=2 or None.")
+    if not (math.isfinite(signal) and signal >= 0):
+        raise ValueError(f"signal={signal!r} must be finite and >= 0. Fix: pass e.g. signal=1.0.")
+    if emb_dim < 2 * _N_HIDDEN + 2:
+        raise ValueError(
+            f"emb_dim={emb_dim} is too small for {_N_HIDDEN} hidden news directions. "
+            f"Fix: pass emb_dim>={2 * _N_HIDDEN + 2}."
+        )
+    days, price_days = _trading_days(start, end, n_dates)
+    return int(n_symbols), days, price_days
+
+
+def _trading_days(start: str, end: str, n_dates: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Feature dates and the price dates around them (LOOKBACK before, one after), datetime64[D]."""
+    try:
+        first, last = pd.Timestamp(start), pd.Timestamp(end)
+    except ValueError as err:
+        raise ValueError(
+            f"start={start!r} / end={end!r}: {err}. Fix: pass ISO dates like '2021-01-13'."
+        ) from err
+    if n_dates is None and last < first:
+        raise ValueError(f"end={end} is before start={start}. Fix: swap them or pass n_dates.")
+    span_end = (
+        first + pd.Timedelta(days=2 * n_dates + 30) if n_dates else last + pd.Timedelta(days=30)
+    )
+    span_start = first - pd.Timedelta(days=2 * LOOKBACK + 30)
+    holidays = _NyseLikeCalendar().holidays(span_start, span_end)
+    every = pd.bdate_range(span_start, span_end, freq="C", holidays=holidays)
+    every = every.to_numpy().astype("datetime64[D]")
+    i0 = int(np.searchsorted(every, np.datetime64(first.date(), "D")))
+    i1 = (
+        i0 + n_dates
+        if n_dates
+        else int(np.searchsorted(every, np.datetime64(last.date(), "D"), "right"))
+    )
+    if i1 <= i0:
+        raise ValueError(
+            f"no trading day between start={start} and end={end}. Fix: widen the range."
+        )
+    return every[i0:i1], every[i0 - LOOKBACK : i1 + 1]
+
+
+def _make_market(n: int, n_dates: int, emb_dim: int, seed: int) -> _Market:
+    """Draw the static properties of every symbol and the news embedding geometry."""
+    rng = np.random.default_rng([seed, _STATIC_STREAM])
+    liquid = np.zeros(n, dtype=bool)
+    liquid[rng.permutation(n)[: round(LIQUID_FRACTION * n)]] = True
+    # The +-0.3 log margin around the threshold keeps the $50M rule equal to the latent class.
+    log_excess = np.where(liquid, 0.3 + rng.exponential(1.0, n), -0.3 - rng.exponential(1.6, n))
+    adv = LIQUID_THRESHOLD * np.exp(log_excess)
+    z = rng.standard_normal((4, n))
+    sigma = np.where(liquid, 0.016 * np.exp(0.3 * z[0]), 0.03 * np.exp(0.35 * z[0]))
+    beta = np.where(liquid, 1.0 + 0.25 * z[1], 0.8 + 0.4 * z[1])
+    log_p0 = np.where(liquid, np.log(60.0) + 0.8 * z[2], np.log(12.0) + 1.0 * z[2])
+    log_p0 = np.maximum(log_p0, 0.0)  # no sub-dollar listings
+    p_news = np.where(
+        liquid, rng.beta(3.4, 6.6, n), rng.beta(_ILLIQUID_NEWS[0], _ILLIQUID_NEWS[1], n)
+    )
+    news_rate = np.where(liquid, 2.0, 0.5) * np.exp(0.5 * z[3])
+    sector = rng.integers(0, _N_TOPICS, n)
+    first, stop = _lifetimes(liquid, n_dates, rng)
+
+    log_adv = np.log(adv)
+    liq_score = (log_adv - log_adv.mean()) / log_adv.std()
+    size = _SIZE_LIQUIDITY * liq_score + math.sqrt(1 - _SIZE_LIQUIDITY**2) * rng.standard_normal(n)
+    factors = np.vstack([size, rng.standard_normal((3, n))])  # (4, n)
+    idio_sd = np.sqrt(1.0 - (_FUND_LOADINGS**2).sum(axis=1))
+    fund_static = _FUND_LOADINGS @ factors + idio_sd[:, None] * rng.standard_normal(
+        (len(FUND_FEATURES), n)
+    )
+
+    mean_dir = _unit(rng.standard_normal(emb_dim))
+    topics = _unit(rng.standard_normal((emb_dim, _N_TOPICS)), axis=0)
+    # Hidden directions: orthonormal, and orthogonal to the shared mean direction.
+    basis, _ = np.linalg.qr(np.column_stack([mean_dir, rng.standard_normal((emb_dim, _N_HIDDEN))]))
+    hidden = basis[:, 1:].T.copy()
+    market = _Market(
+        names=_tickers(n, rng),
+        liquid=liquid,
+        adv=adv,
+        sigma=sigma,
+        beta=beta,
+        p_news=p_news,
+        news_rate=news_rate,
+        sector=sector,
+        log_p0=log_p0,
+        first=first,
+        stop=stop,
+        fund_static=fund_static,
+        mean_dir=mean_dir.astype(np.float32),
+        topics=topics.astype(np.float32),
+        hidden=hidden,
+        proj_sd=np.ones(_N_HIDDEN),
+    )
+    # Scale of the projections, from a fixed sample of news rows, so that z_j has sd ~1.
+    cal = np.random.default_rng([seed, _CALIBRATION_STREAM])
+    emb, _ = _news_embeddings(market, rng.integers(0, _N_TOPICS, 4096), cal)
+    proj_sd = (hidden @ emb.astype(np.float64)).std(axis=1)
+    return replace(market, proj_sd=proj_sd)
+
+
+def _lifetimes(
+    liquid: np.ndarray, n_dates: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """[first, stop) feature-date index of each symbol.
+
+    Liquid names mostly span the period (some list or delist part-way); illiquid ones list and
+    delist, with starts spread so that the expected number alive is flat over time.
+    """
+    n = len(liquid)
+    min_span = min(n_dates, 20)
+    kind = rng.random(n)
+    partial = np.maximum(np.round(rng.uniform(0.3, 1.0, n) * n_dates).astype(np.int64), min_span)
+    span = np.round(rng.beta(0.65, 2.0, n) * n_dates).astype(np.int64)
+    offset = np.floor(rng.random(n) * (n_dates + span)).astype(np.int64) - span
+    first = np.clip(offset, 0, n_dates - min_span)
+    stop = np.clip(offset + span, first + min_span, n_dates)
+    listed = liquid & (kind < 0.175)  # listed part-way, alive to the end
+    delisted = liquid & (kind >= 0.175) & (kind < 0.35)  # alive from the start, delisted part-way
+    full = liquid & (kind >= 0.35)
+    first[liquid], stop[liquid] = 0, n_dates
+    first[listed] = n_dates - partial[listed]
+    stop[delisted] = partial[delisted]
+    assert full.sum() + listed.sum() + delisted.sum() == liquid.sum()
+    return first, stop
+
+
+def _tickers(n: int, rng: np.random.Generator) -> tuple[str, ...]:
+    """n unique 3-4 letter tickers, sorted (the dataset's symbol order)."""
+    letters = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
+    seen: set[str] = set()
+    while len(seen) < n:
+        codes = rng.integers(0, 26, (2 * n, 4))
+        lengths = np.where(rng.random(2 * n) < 0.4, 3, 4)
+        for row, k in zip(letters[codes], lengths, strict=True):
+            seen.add("".join(row[:k]))
+            if len(seen) == n:
+                break
+    return tuple(sorted(seen))
+
+
+def _unit(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=axis, keepdims=True)
+
+
+def _news_embeddings(market: _Market, sector: np.ndarray, rng: np.random.Generator):
+    """(D, n) float32 unit embeddings of n news items and their (H, n) latent signal."""
+    d, n = market.mean_dir.shape[0], len(sector)
+    latent = rng.standard_normal((_N_HIDDEN, n))
+    other = rng.integers(0, _N_TOPICS, n)
+    emb = rng.standard_normal((d, n), dtype=np.float32)
+    emb *= np.float32(_EMB_NOISE / math.sqrt(d))
+    emb += np.float32(_EMB_MEAN) * market.mean_dir[:, None]
+    emb += np.float32(_EMB_SECTOR) * market.topics[:, sector]
+    emb += np.float32(_EMB_TOPIC) * market.topics[:, other]
+    emb += (_EMB_SIGNAL * market.hidden.T @ latent).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=0, keepdims=True)
+    return emb, latent
+
+
+def _planted_mu(
+    fund: np.ndarray,
+    price: np.ndarray,
+    news_z: np.ndarray,
+    has_news: np.ndarray,
+    liquid: np.ndarray,
+    signal: float,
+) -> np.ndarray:
+    """The planted expected log return (n,) of rows with stored features fund (19, n) and
+    price (9, n), news projections news_z (H, n) and latent class liquid (n,)."""
+
+    def c(x: np.ndarray) -> np.ndarray:
+        return np.clip(x, -3.0, 3.0)
+
+    f = fund.astype(np.float64)
+    p = price.astype(np.float64)
+    ret1, ret3, ret5 = p[_P["ret_1d_z"]], p[_P["ret_3d_z"]], p[_P["ret_5d_z"]]
+    price_part = np.where(liquid, 0.5 * c(ret1) + 0.5 * c(ret5), -0.7 * c(ret1) - 0.3 * c(ret3))
+    flip = np.where(liquid, -1.0, 1.0)
+    fund_part = (
+        0.6 * np.tanh(f[_F["fcf_yield_z"]])
+        + flip * 0.6 * np.tanh(f[_F["roe_z"]] * f[_F["revenue_growth_z"]])
+        - 0.5 * (np.maximum(f[_F["debt_to_equity_z"]] - 1.0, 0.0) - _RELU1_MEAN)
+    )
+    news_part = np.where(
+        has_news, np.tanh(1.5 * news_z[0]) + flip * _NEWS_FLIP * c(news_z[1] * news_z[2]), 0.0
+    )
+    k = np.where(liquid, _K_LIQUID, _K_ILLIQUID)
+    return signal * k * (price_part + fund_part + _NEWS_WEIGHT * news_part)
+
+
+def _zscore(x: np.ndarray) -> np.ndarray:
+    """Cross-sectional z-score of each row of x (k, n), clipped at +-5, as float32."""
+    sd = x.std(axis=1, keepdims=True)
+    z = (x - x.mean(axis=1, keepdims=True)) / np.where(sd > 0, sd, 1.0)
+    return np.clip(z, -5.0, 5.0).astype(np.float32)
+
+
+def _price_features(hist: np.ndarray, gap: np.ndarray) -> np.ndarray:
+    """Raw price features (9, n) in PRICE_FEATURES order from the last six log closes (6, n)
+    and the overnight part of the last return (n,)."""
+    rets = np.diff(hist, axis=0)  # (5, n), oldest first
+    last5 = hist[1:]
+    ret1 = rets[4]
+    return np.stack(
+        [
+            gap,
+            ret1 - gap,
+            ret1,
+            rets[3:].sum(axis=0),
+            rets[2:].sum(axis=0),
+            hist[5] - hist[0],
+            rets.std(axis=0, ddof=1),
+            hist[5] - last5.max(axis=0),
+            hist[5] - last5.min(axis=0),
+        ]
+    )
+
+
+def _plan_chunks(alive: np.ndarray, rows_per_chunk: int) -> list[tuple[int, int]]:
+    """Split the dates into consecutive [i0, i1) ranges of about rows_per_chunk rows each."""
+    chunks, i0, rows = [], 0, 0
+    for i, k in enumerate(alive):
+        rows += int(k)
+        if rows >= rows_per_chunk:
+            chunks.append((i0, i + 1))
+            i0, rows = i + 1, 0
+    if i0 < len(alive):
+        chunks.append((i0, len(alive)))
+    return chunks
+
+
+@dataclass
+class _Stats:
+    """What the summary needs, accumulated while streaming."""
+
+    rows: np.ndarray  # (n,) dataset rows per symbol
+    news: np.ndarray  # (n,) news rows per symbol
+    dollar_volume: np.ndarray  # (n,) sum of close*volume over the prices file
+    price_rows: np.ndarray  # (n,)
+    news_date: list  # per chunk: date index, symbol, mu, target of the news rows
+    news_sym: list
+    news_mu: list
+    news_ret: list
+
+
+def _simulate(market, days, price_days, signal, seed, writers, say) -> _Stats:
+    """Run the day-by-day simulation and stream every chunk of dates to the writers."""
+    n, n_dates, emb_dim = len(market.names), len(days), market.mean_dir.shape[0]
+    n_price = len(price_days)  # = LOOKBACK + n_dates + 1
+    symbols = pa.array(market.names, pa.string())
+    alive_counts = np.bincount(market.first, minlength=n_dates + 1)[:n_dates]
+    alive_counts = np.cumsum(alive_counts) - np.cumsum(
+        np.bincount(market.stop, minlength=n_dates + 1)[:n_dates]
+    )
+    chunks = _plan_chunks(alive_counts, ROWS_PER_GROUP)
+    stats = _Stats(
+        rows=np.zeros(n, np.int64),
+        news=np.zeros(n, np.int64),
+        dollar_volume=np.zeros(n),
+        price_rows=np.zeros(n, np.int64),
+        news_date=[],
+        news_sym=[],
+        news_mu=[],
+        news_ret=[],
+    )
+    # Price index t holds close_t; price rows of symbol s run from t = first_s to stop_s + LOOKBACK.
+    hist = np.tile(market.log_p0, (6, 1))  # last six log closes, oldest first
+    gap = np.zeros(n)
+    fund_dyn = np.random.default_rng([seed, _STATIC_STREAM, 1]).standard_normal(
+        (len(FUND_FEATURES), n)
+    )
+    regime = 0.0
+    volume_norm = 1.0 + (_NEWS_VOLUME - 1.0) * market.p_news  # keeps mean dollar volume at adv
+    began = time.monotonic()
+    t = 0
+    for chunk_no, (i0, i1) in enumerate(chunks):
+        n_rows = int(alive_counts[i0:i1].sum())
+        out = {
+            "date": np.empty(n_rows, np.int32),
+            "sym": np.empty(n_rows, np.int32),
+            "target": np.empty(n_rows),
+            "mu": np.empty(n_rows),
+            "news": np.zeros(n_rows, bool),
+            "fund": np.empty((len(FUND_FEATURES), n_rows), np.float32),
+            "price": np.empty((len(PRICE_FEATURES), n_rows), np.float32),
+            "count": np.empty(n_rows, np.float32),
+            "emb": np.zeros((emb_dim, n_rows), np.float32),  # (D, rows): each column contiguous
+        }
+        prices: dict[str, list] = {"t": [], "sym": [], "close": [], "volume": []}
+        row = 0
+        last_t = (i1 + LOOKBACK) if chunk_no < len(chunks) - 1 else n_price
+        while t < last_t:
+            rng = np.random.default_rng([seed, _DAY_STREAM, t])
+            starts = np.flatnonzero(market.first == t)
+            hist[:, starts] += (market.log_p0[starts] - hist[5, starts])[None, :]
+            i = t - LOOKBACK
+            mu_all = np.zeros(n)
+            news_all = np.zeros(n, bool)
+            if 0 <= i < n_dates:
+                al = np.flatnonzero((market.first <= i) & (i < market.stop))
+                k = len(al)
+                fund_latent = (
+                    math.sqrt(1 - _FUND_DYN) * market.fund_static[:, al]
+                    + math.sqrt(_FUND_DYN) * fund_dyn[:, al]
+                )
+                fund_latent[_F["market_cap_z"]] = np.exp(fund_latent[_F["market_cap_z"]])  # skewed
+                fund = _zscore(fund_latent)
+                price = _zscore(_price_features(hist[:, al], gap[al]))
+                has_news = rng.random(k) < market.p_news[al]
+                count = np.where(has_news, 1 + rng.poisson(market.news_rate[al]), 0)
+                emb, _ = _news_embeddings(market, market.sector[al[has_news]], rng)
+                news_z = np.zeros((_N_HIDDEN, k))
+                news_z[:, has_news] = (market.hidden @ emb.astype(np.float64)) / market.proj_sd[
+                    :, None
+                ]
+                mu = _planted_mu(fund, price, news_z, has_news, market.liquid[al], signal)
+                sl = slice(row, row + k)
+                out["date"][sl] = i
+                out["sym"][sl] = al
+                out["mu"][sl] = mu
+                out["news"][sl] = has_news
+                out["fund"][:, sl] = fund
+                out["price"][:, sl] = price
+                out["count"][sl] = _zscore(np.log1p(count)[None, :])[0]
+                out["emb"][:, row + np.flatnonzero(has_news)] = emb
+                mu_all[al] = mu
+                news_all[al] = has_news
+            on = np.flatnonzero((market.first <= t) & (t <= market.stop + LOOKBACK))
+            close = np.exp(hist[5, on])
+            dollar = (
+                market.adv[on]
+                * np.exp(_VOLUME_SD * rng.standard_normal(len(on)) - _VOLUME_SD**2 / 2)
+                * np.where(news_all[on], _NEWS_VOLUME, 1.0)
+                / volume_norm[on]
+            )
+            volume = np.maximum(np.round(dollar / close), 1.0)
+            prices["t"].append(np.full(len(on), t, np.int32))
+            prices["sym"].append(on.astype(np.int32))
+            prices["close"].append(close)
+            prices["volume"].append(volume)
+            stats.dollar_volume[on] += close * volume
+            stats.price_rows[on] += 1
+            if t + 1 < n_price:
+                # Draw the return from close_t to close_{t+1}.
+                regime = 0.98 * regime + math.sqrt(1 - 0.98**2) * 0.25 * rng.standard_normal()
+                vol = math.exp(regime - 0.25**2 / 2)
+                m = 0.01 * vol * rng.standard_t(5) * math.sqrt(3 / 5)
+                sd = market.sigma * vol * np.where(news_all, _NEWS_VOL, 1.0)
+                r = mu_all + market.beta * m + sd * rng.standard_t(4, n) / math.sqrt(2)
+                r = np.clip(r, -1.5, 1.5)
+                gap = 0.35 * r + 0.25 * sd * rng.standard_normal(n)
+                hist[:-1] = hist[1:]
+                hist[5] = hist[4] + r
+                if 0 <= i < n_dates:
+                    out["target"][row : row + k] = r[al]
+                    row += k
+                    shock = rng.standard_normal(fund_dyn.shape)
+                    fund_dyn = _FUND_RHO * fund_dyn + math.sqrt(1 - _FUND_RHO**2) * shock
+            t += 1
+        assert row == n_rows, f"chunk {chunk_no}: filled {row} rows, planned {n_rows}"
+        _write_chunk(writers, out, prices, days, price_days, symbols)
+        news = out["news"]
+        np.add.at(stats.rows, out["sym"], 1)
+        np.add.at(stats.news, out["sym"][news], 1)
+        stats.news_date.append(out["date"][news])
+        stats.news_sym.append(out["sym"][news])
+        stats.news_mu.append(out["mu"][news])
+        stats.news_ret.append(out["target"][news])
+        say(
+            f"synth: dates {i1}/{n_dates}, rows {int(stats.rows.sum()):,}, "
+            f"{time.monotonic() - began:.0f}s"
+        )
+    return stats
+
+
+def _write_chunk(writers, out, prices, days, price_days, symbols) -> None:
+    """Write one chunk as one row group of each file."""
+    sym = pa.array(out["sym"])
+    dates = pa.array(days[out["date"]])
+    cols = {DATE: dates, SYMBOL: symbols.take(sym), TARGET: pa.array(out["target"])}
+    for j, name in enumerate(FUND_FEATURES):
+        cols[name] = pa.array(out["fund"][j])
+    for j, name in enumerate(PRICE_FEATURES):
+        cols[name] = pa.array(out["price"][j])
+    cols[NEWS_COUNT] = pa.array(out["count"])
+    for j in range(out["emb"].shape[0]):
+        cols[f"{EMB_PREFIX}{j}"] = pa.array(out["emb"][j])
+    writers[DATASET_FILE].write_table(pa.table(cols, schema=writers[DATASET_FILE].schema))
+    oracle = {DATE: dates, SYMBOL: cols[SYMBOL], ORACLE: pa.array(out["mu"])}
+    writers[ORACLE_FILE].write_table(pa.table(oracle, schema=writers[ORACLE_FILE].schema))
+    t = np.concatenate(prices["t"])
+    price_cols = {
+        SYMBOL: symbols.take(pa.array(np.concatenate(prices["sym"]))),
+        PRICE_DATE: pa.array(price_days[t]),
+        CLOSE: pa.array(np.concatenate(prices["close"])),
+        VOLUME: pa.array(np.concatenate(prices["volume"])),
+    }
+    writers[PRICES_FILE].write_table(pa.table(price_cols, schema=writers[PRICES_FILE].schema))
+
+
+def _dataset_schema(emb_dim: int) -> pa.Schema:
+    fields = [
+        pa.field(DATE, pa.date32()),
+        pa.field(SYMBOL, pa.string()),
+        pa.field(TARGET, pa.float64()),
+    ]
+    names = [*FUND_FEATURES, *PRICE_FEATURES, NEWS_COUNT] + [
+        f"{EMB_PREFIX}{j}" for j in range(emb_dim)
+    ]
+    return pa.schema(fields + [pa.field(name, pa.float32()) for name in names])
+
+
+def _prices_schema() -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field(SYMBOL, pa.string()),
+            pa.field(PRICE_DATE, pa.date32()),
+            pa.field(CLOSE, pa.float64()),
+            pa.field(VOLUME, pa.float64()),
+        ]
+    )
+
+
+def _oracle_schema() -> pa.Schema:
+    return pa.schema(
+        [pa.field(DATE, pa.date32()), pa.field(SYMBOL, pa.string()), pa.field(ORACLE, pa.float64())]
+    )
+
+
+def _mean_daily_ic(
+    date: np.ndarray, score: np.ndarray, ret: np.ndarray, min_rows: int = IC_MIN_ROWS
+) -> float:
+    """Mean over dates of the Spearman correlation of score and ret among that date's rows.
+
+    Rows must be sorted by `date`; dates with fewer than `min_rows` rows are skipped.
+    Returns NaN when no date qualifies.
+    """
+    if len(date) == 0:
+        return float("nan")
+    cuts = np.flatnonzero(np.diff(date)) + 1
+    ics = []
+    for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(date)], strict=True):
+        if hi - lo < min_rows:
+            continue
+        a = np.argsort(np.argsort(score[lo:hi]))
+        b = np.argsort(np.argsort(ret[lo:hi]))
+        if a.std() > 0 and b.std() > 0:
+            ics.append(np.corrcoef(a, b)[0, 1])
+    return float(np.mean(ics)) if ics else float("nan")
+
+
+def _summarize(market: _Market, days: np.ndarray, stats: _Stats) -> dict:
+    """The summary of a generated market (what `generate` returns and writes to synth.json)."""
+    liquid_rule = stats.dollar_volume / np.maximum(stats.price_rows, 1) >= LIQUID_THRESHOLD
+    date = np.concatenate(stats.news_date)
+    sym = np.concatenate(stats.news_sym)
+    mu = np.concatenate(stats.news_mu)
+    ret = np.expm1(np.concatenate(stats.news_ret))
+    liq_rows = int(stats.rows[liquid_rule].sum())
+    ill_rows = int(stats.rows[~liquid_rule].sum())
+    liq_news = int(stats.news[liquid_rule].sum())
+    ill_news = int(stats.news[~liquid_rule].sum())
+    on = liquid_rule[sym]
+
+    def nan_to_none(x: float) -> float | None:
+        return None if math.isnan(x) else round(x, 5)
+
+    return {
+        "rows": int(stats.rows.sum()),
+        "symbols": len(market.names),
+        "dates": len(days),
+        "first_date": str(days[0]),
+        "last_date": str(days[-1]),
+        "price_rows": int(stats.price_rows.sum()),
+        "liquid_symbols": int(liquid_rule.sum()),
+        "liquid_rule_mismatches": int((liquid_rule != market.liquid).sum()),
+        "liquid_rows": liq_rows,
+        "liquid_row_fraction": round(liq_rows / max(liq_rows + ill_rows, 1), 4),
+        "liquid_news_rows": liq_news,
+        "news_fraction_liquid": round(liq_news / max(liq_rows, 1), 4),
+        "news_fraction_illiquid": round(ill_news / max(ill_rows, 1), 4),
+        "oracle_ic_liquid_news": nan_to_none(_mean_daily_ic(date[on], mu[on], ret[on])),
+        "oracle_ic_illiquid_news": nan_to_none(_mean_daily_ic(date[~on], mu[~on], ret[~on])),
+        "ic_min_rows": IC_MIN_ROWS,
+    }
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,276 @@
+"""One training run: pairwise BCE on random within-date pairs, AdamW, cosine schedule.
+
+`fit` is the one training function: a unit test, the CLI's `train`, a Ray trial and the final
+model all call it. It evaluates on the validation Panel every `eval_every` epochs and at the last,
+hands each evaluation to `on_eval` (the Ray trainable turns it into a report with a checkpoint),
+and restores the best state by `metric` at the end. Runs are reproducible: the pairs and dropout
+masks of epoch e depend only on (seed, e), so a run resumed from a checkpoint after epoch e
+continues exactly as the uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ranker.metrics import Daily, daily, summarize
+from ranker.model import ModelConfig, MultiBranchRanker
+from ranker.pairs import sample_pairs
+from ranker.panel import Panel
+
+METRICS = (
+    "ic_sharpe", "mean_ic", "long_return", "long_sharpe",
+    "short_return", "short_sharpe", "ls_return", "ls_sharpe",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 512
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-3
+    label_smoothing: float = 0.1
+    epochs: int = 15
+    eval_every: int = 5
+    metric: str = "ic_sharpe"
+    k: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        errors = []
+        for name in ("batch_size", "epochs", "eval_every", "k"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+                errors.append(f"train.{name}={v!r}: must be a positive integer")
+        if not (isinstance(self.learning_rate, int | float) and self.learning_rate > 0):
+            errors.append(f"train.learning_rate={self.learning_rate!r}: must be > 0")
+        if not (isinstance(self.weight_decay, int | float) and self.weight_decay >= 0):
+            errors.append(f"train.weight_decay={self.weight_decay!r}: must be >= 0")
+        if not (isinstance(self.label_smoothing, int | float) and 0 <= self.label_smoothing < 1):
+            errors.append(f"train.label_smoothing={self.label_smoothing!r}: must be in [0, 1)")
+        if self.metric not in METRICS:
+            errors.append(f"train.metric={self.metric!r}: must be one of {list(METRICS)}")
+        if errors:
+            raise ValueError("; ".join(errors))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown train config key(s) {unknown}; valid keys: {sorted(names)}")
+        return cls(**d)
+
+
+@dataclass
+class Evaluation:
+    """One evaluation on the validation set, as handed to `on_eval`."""
+
+    epoch: int  # 1-based epochs completed
+    metrics: dict[str, float]
+    train_loss: float
+    is_best: bool
+    best_epoch: int
+    best_metrics: dict[str, float]
+    seconds: float  # training time so far
+    state: Callable[[], dict[str, Any]] = field(repr=False)  # resumable state, built on demand
+    daily: Daily | None = field(default=None, repr=False)  # this evaluation's per-date series
+
+
+@dataclass
+class FitResult:
+    model: MultiBranchRanker
+    config: ModelConfig
+    metrics: dict[str, float]  # validation metrics of the restored best state
+    best_epoch: int
+    history: list[dict[str, Any]]
+    seconds: float
+
+
+def with_input_sizes(cfg: ModelConfig, panel: Panel) -> ModelConfig:
+    """The config with its input sizes taken from the data."""
+    return replace(
+        cfg,
+        n_fundamental_features=panel.fund.shape[1],
+        n_price_features=panel.price.shape[1],
+        n_embedding_dim=panel.emb.shape[1],
+    )
+
+
+def as_tensor(arr: np.ndarray) -> torch.Tensor:
+    """A zero-copy tensor over a (possibly read-only) array. Nothing here ever writes into it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        return torch.from_numpy(arr)
+
+
+@torch.no_grad()
+def score(model: MultiBranchRanker, panel: Panel, batch: int = 8192) -> np.ndarray:
+    """(N,) float64 model scores of every row, in eval mode, on the model's device."""
+    model.eval()
+    dev = next(model.parameters()).device
+    fund, price, emb = as_tensor(panel.fund), as_tensor(panel.price), as_tensor(panel.emb)
+    out = np.empty(len(panel), dtype=np.float64)
+    for s in range(0, len(panel), batch):
+        part = [t[s : s + batch].to(dev) for t in (price, fund, emb)]
+        out[s : s + batch] = model(*part).cpu().numpy()
+    return out
+
+
+def evaluate_model(
+    model: MultiBranchRanker, panel: Panel, k: int = 5
+) -> tuple[dict[str, float], Daily]:
+    """The notebook's metrics of the model's scores on a Panel, and the per-date series."""
+    d = daily(panel.bounds, score(model, panel), panel.returns, k=k)
+    return summarize(d), d
+
+
+def fit(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    train: Panel,
+    val: Panel,
+    *,
+    on_eval: Callable[[Evaluation], None] | None = None,
+    resume: dict[str, Any] | None = None,
+    log: Callable[[str], None] | None = None,
+    device: str | torch.device = "cpu",
+) -> FitResult:
+    """Train a MultiBranchRanker and restore its best validation state.
+
+    Args:
+        model_cfg: architecture (input sizes are taken from `train`).
+        train_cfg: optimisation, epochs, evaluation cadence, selection metric and seed.
+        train, val: Panels (may be read-only views from the object store).
+        on_eval: called after each evaluation (every `eval_every` epochs and the last).
+        resume: a state from `Evaluation.state()`; training continues after its epoch.
+        log: called with one line per evaluation.
+        device: where to train; the training Panel is copied there once (a no-op on the CPU).
+
+    Returns:
+        FitResult with the model in its best state and that state's validation metrics.
+    """
+    cfg = with_input_sizes(model_cfg, train)
+    tc = train_cfg
+    torch.manual_seed(tc.seed)
+    model = MultiBranchRanker(cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=tc.epochs)
+    start_epoch, best_metric, best_epoch = 0, -math.inf, 0
+    best_state: dict[str, torch.Tensor] | None = None
+    best_metrics: dict[str, float] = {}
+    history: list[dict[str, Any]] = []
+    elapsed = 0.0
+    if resume is not None:
+        if resume["model_config"] != cfg.to_dict() or resume["train_config"] != tc.to_dict():
+            raise ValueError(
+                "the checkpoint to resume was written by a different configuration; "
+                "start the trial afresh or resume with the configuration that wrote it"
+            )
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        start_epoch = int(resume["epoch"])
+        best_metric = float(resume["best_metric"])
+        best_epoch = int(resume["best_epoch"])
+        best_state = resume["best_state"]
+        best_metrics = dict(resume["best_metrics"])
+        history = [dict(h) for h in resume["history"]]
+        elapsed = float(resume["seconds"])
+
+    fund, price, emb = (as_tensor(a).to(device) for a in (train.fund, train.price, train.emb))
+    smooth = tc.label_smoothing
+    t0 = time.perf_counter() - elapsed
+    for epoch in range(start_epoch, tc.epochs):
+        rng = np.random.default_rng([tc.seed, epoch])
+        torch.manual_seed(tc.seed * 1_000_003 + epoch + 1)
+        i, j, label = sample_pairs(train.bounds, train.returns, rng)
+        ij = torch.from_numpy(np.stack([i, j])).to(device)  # (2, P)
+        target = torch.from_numpy(label * (1 - smooth) + 0.5 * smooth).to(device)
+        model.train()
+        total, count = torch.zeros((), device=device), 0
+        for s in range(0, len(label), tc.batch_size):
+            rows = ij[:, s : s + tc.batch_size].reshape(-1)  # (2B,): the i's then the j's
+            logits = model.pair_logits(price[rows], fund[rows], emb[rows])  # (B,)
+            y = target[s : s + tc.batch_size]
+            loss = F.binary_cross_entropy_with_logits(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach() * len(y)
+            count += len(y)
+        sched.step()
+        done = epoch + 1
+        if done % tc.eval_every and done != tc.epochs:
+            continue
+        metrics, series = evaluate_model(model, val, tc.k)
+        current = metrics[tc.metric]
+        is_best = best_state is None or current > best_metric
+        if is_best:
+            best_metric, best_epoch, best_metrics = current, done, metrics
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        seconds = time.perf_counter() - t0
+        train_loss = float(total) / max(count, 1)
+        history.append({"epoch": done, "train_loss": train_loss, "seconds": seconds, **metrics})
+        if log:
+            log(
+                f"  epoch {done:3d}  loss {train_loss:.4f}  IC sharpe {metrics['ic_sharpe']:6.2f}  "
+                f"mean IC {metrics['mean_ic']:+.4f}  long {metrics['long_sharpe']:5.2f}  "
+                f"short {metrics['short_sharpe']:5.2f}  {seconds:6.1f}s"
+            )
+        if on_eval is not None:
+            snapshot = _state_fn(model, opt, sched, cfg, tc, done, best_metric, best_epoch,
+                                 best_state, best_metrics, history, seconds)  # fmt: skip
+            on_eval(
+                Evaluation(
+                    done,
+                    metrics,
+                    train_loss,
+                    is_best,
+                    best_epoch,
+                    dict(best_metrics),
+                    seconds,
+                    snapshot,
+                    series,
+                )
+            )
+
+    assert best_state is not None, f"no evaluation ran: epochs={tc.epochs}"
+    model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(model, cfg, best_metrics, best_epoch, history, time.perf_counter() - t0)
+
+
+def _state_fn(model, opt, sched, cfg, tc, epoch, best_metric, best_epoch, best_state,
+              best_metrics, history, seconds) -> Callable[[], dict[str, Any]]:  # fmt: skip
+    def state() -> dict[str, Any]:
+        # Only tensors and plain Python: loadable with torch.load(weights_only=True).
+        return {
+            "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            # Deep copies: the live optimizer keeps mutating its moment tensors in place.
+            "optimizer": copy.deepcopy(opt.state_dict()),
+            "scheduler": copy.deepcopy(sched.state_dict()),
+            "model_config": cfg.to_dict(),
+            "train_config": tc.to_dict(),
+            "epoch": epoch,
+            "best_metric": best_metric,
+            "best_epoch": best_epoch,
+            "best_state": best_state,
+            "best_metrics": dict(best_metrics),
+            "history": [dict(h) for h in history],
+            "seconds": seconds,
+        }
+
+    return state

@@ -1,0 +1,1 @@
+"""Staged hyperparameter search for the ranker on Ray Tune."""

@@ -1,0 +1,450 @@
+"""The search spec: one frozen dataclass per YAML section, loaded strictly.
+
+Every unknown key and bad value in a spec file is reported at once, before `ray.init`, with the
+list of valid keys. Dotted `key=value` overrides (values parsed with yaml.safe_load) apply on top
+of the file. Defaults live in the dataclasses only.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import yaml
+
+from ranker.model import ModelConfig
+from ranker.split import SplitConfig
+from ranker.train import TrainConfig
+from ranker.universe import UniverseConfig
+
+
+class SpecError(ValueError):
+    """A spec with problems; `errors` lists every one of them."""
+
+    def __init__(self, source: str, errors: list[str]) -> None:
+        self.source, self.errors = source, errors
+        lines = "\n".join(f"  - {e}" for e in errors)
+        super().__init__(f"{source}: {len(errors)} problem(s) in the search spec:\n{lines}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, list[str]]]:
+        return (SpecError, (self.source, self.errors))
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    scale: float = 0.27
+    seed: int = 0
+    signal: float = 1.0
+    n_dates: int | None = None
+    n_symbols: int | None = None
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    source: str | None = None  # a directory or URI; None: the built-in synthetic market
+    cache_dir: str = "~/.cache/liquid-search"
+    synth: SynthSpec = field(default_factory=SynthSpec)
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """How one grid key maps onto the config: `set` a field, or `scale` base fields."""
+
+    set: str | None = None
+    scale: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    grid: dict[str, tuple[Any, ...]]
+    seeds: int = 1  # replicates of every grid point, each with its own training seed
+    select: str = "mean"  # how replicates combine for selection: mean | median | min
+
+    @property
+    def points(self) -> list[dict[str, Any]]:
+        keys = list(self.grid)
+        return [
+            dict(zip(keys, vals, strict=True)) for vals in itertools.product(*self.grid.values())
+        ]
+
+
+@dataclass(frozen=True)
+class FinalSpec:
+    epochs: int = 25
+    baseline: bool = True  # also train on the full (not liquid) universe, for comparison
+
+
+@dataclass(frozen=True)
+class CostSpec:
+    spread: float = 0.001
+    impact: float = 0.0005
+    borrow: float = 0.03
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    data: DataSpec = field(default_factory=DataSpec)
+    universe: UniverseConfig = field(default_factory=UniverseConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    params: dict[str, ParamSpec] = field(default_factory=dict)
+    stages: tuple[StageSpec, ...] = ()
+    final: FinalSpec = field(default_factory=FinalSpec)
+    costs: CostSpec = field(default_factory=CostSpec)
+    resources: ResourceSpec = field(default_factory=ResourceSpec)
+    max_concurrent: int = 0  # 0: as many trials as the cluster's resources fit
+    max_failures: int = 2  # retries of a failed trial, each from its last checkpoint
+    storage: str = "./runs"  # a local path, an NFS mount, or s3:// / gs://
+    name: str | None = None  # run name under storage; default: a timestamp
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in _DATA_SIZED:
+            d["model"].pop(k)
+        d["stages"] = [
+            {"name": s.name, "grid": {k: list(v) for k, v in s.grid.items()}, "seeds": s.seeds,
+             "select": s.select}
+            for s in self.stages
+        ]  # fmt: skip
+        d["params"] = {
+            k: ({"set": p.set} if p.set else {"scale": list(p.scale or ())})
+            for k, p in self.params.items()
+        }
+        return d
+
+    def stage(self, name: str) -> StageSpec:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(f"no stage {name!r}; the spec's stages are {[s.name for s in self.stages]}")
+
+
+# ---------------------------------------------------------------- loading
+
+_SECTIONS: dict[str, type] = {
+    "universe": UniverseConfig,
+    "split": SplitConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "final": FinalSpec,
+    "costs": CostSpec,
+    "resources": ResourceSpec,
+}
+_TOP = {f.name for f in fields(SearchSpec)}
+_SELECT = ("mean", "median", "min")
+# Input sizes come from the data, never from the spec.
+_DATA_SIZED = ("n_fundamental_features", "n_price_features", "n_embedding_dim")
+
+
+def _check_types(section: str, cls: type, raw: dict[str, Any], errors: list[str]) -> dict[str, Any]:
+    """Keep the known keys whose values have the field's type; record every problem."""
+    known = {f.name: f for f in fields(cls)}
+    out = {}
+    for k, v in raw.items():
+        if k not in known:
+            errors.append(f"{section}.{k}: unknown key; valid keys: {sorted(known)}")
+            continue
+        want = str(known[k].type)
+        ok = True
+        if want == "int":
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        elif want == "float":
+            ok = isinstance(v, int | float) and not isinstance(v, bool)
+            v = float(v) if ok else v
+        elif want == "bool":
+            ok = isinstance(v, bool)
+        elif want == "str":
+            ok = isinstance(v, str)
+        elif want in ("str | None",):
+            ok = v is None or isinstance(v, str)
+        elif want == "int | None":
+            ok = v is None or (isinstance(v, int) and not isinstance(v, bool))
+        if not ok:
+            errors.append(f"{section}.{k}={v!r}: expected {want}")
+            continue
+        out[k] = v
+    return out
+
+
+def _build(section: str, cls: type, raw: Any, errors: list[str]) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        errors.append(f"{section}: expected a mapping, got {raw!r}")
+        return cls()
+    kept = _check_types(section, cls, raw, errors)
+    try:
+        return cls(**kept)
+    except (ValueError, TypeError) as e:
+        errors.append(f"{section}: {e}")
+        return cls()
+
+
+def _config_fields() -> dict[str, set[str]]:
+    return {
+        "model": {f.name for f in fields(ModelConfig)} - set(_DATA_SIZED),
+        "train": {f.name for f in fields(TrainConfig)},
+    }
+
+
+def _build_params(raw: Any, errors: list[str]) -> dict[str, ParamSpec]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        errors.append(
+            f"params: expected a mapping of grid key -> {{set: ...}} or {{scale: [...]}}, got {raw!r}"
+        )
+        return {}
+    valid = _config_fields()
+
+    def target_ok(where: str, t: Any) -> bool:
+        if not isinstance(t, str) or t.count(".") != 1:
+            errors.append(f"{where}={t!r}: expected 'model.<field>' or 'train.<field>'")
+            return False
+        sec, name = t.split(".")
+        if sec not in valid or name not in valid[sec]:
+            errors.append(
+                f"{where}={t!r}: not a config field; valid: "
+                f"{sorted(f'{s}.{n}' for s in valid for n in valid[s])}"
+            )
+            return False
+        return True
+
+    out = {}
+    for key, p in raw.items():
+        where = f"params.{key}"
+        if not isinstance(p, dict) or set(p) - {"set", "scale"} or len(p) != 1:
+            errors.append(
+                f"{where}: expected exactly one of {{set: model.<field>}} or {{scale: [model.<field>, ...]}}, got {p!r}"
+            )
+            continue
+        if "set" in p:
+            if target_ok(f"{where}.set", p["set"]):
+                out[key] = ParamSpec(set=p["set"])
+        else:
+            targets = p["scale"]
+            if not isinstance(targets, list) or not targets:
+                errors.append(f"{where}.scale={targets!r}: expected a list of integer fields")
+                continue
+            if all(target_ok(f"{where}.scale", t) for t in targets):
+                out[key] = ParamSpec(scale=tuple(targets))
+    return out
+
+
+def _build_stages(
+    raw: Any, params: dict[str, ParamSpec], errors: list[str]
+) -> tuple[StageSpec, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw:
+        errors.append("stages: expected a non-empty list of {name, grid, seeds}")
+        return ()
+    stages, seen = [], set()
+    for n, s in enumerate(raw):
+        where = f"stages[{n}]"
+        if not isinstance(s, dict):
+            errors.append(f"{where}: expected a mapping with name and grid, got {s!r}")
+            continue
+        unknown = set(s) - {"name", "grid", "seeds", "select"}
+        if unknown:
+            errors.append(
+                f"{where}: unknown key(s) {sorted(unknown)}; valid keys: ['grid', 'name', 'seeds', 'select']"
+            )
+        name = s.get("name")
+        if not isinstance(name, str) or not name.isidentifier():
+            errors.append(f"{where}.name={name!r}: expected an identifier such as 'architecture'")
+            continue
+        if name in seen:
+            errors.append(f"{where}.name={name!r}: duplicate stage name")
+        seen.add(name)
+        where = f"stages.{name}"
+        grid = s.get("grid")
+        if not isinstance(grid, dict) or not grid:
+            errors.append(
+                f"{where}.grid: expected a mapping of key -> list of values, got {grid!r}"
+            )
+            continue
+        clean = {}
+        for k, vals in grid.items():
+            if k not in params:
+                errors.append(
+                    f"{where}.grid.{k}: no such search key; define it under params (known: {sorted(params)})"
+                )
+                continue
+            if not isinstance(vals, list) or not vals:
+                errors.append(f"{where}.grid.{k}={vals!r}: expected a non-empty list")
+                continue
+            if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals):
+                errors.append(f"{where}.grid.{k}={vals!r}: values must be numbers")
+                continue
+            clean[k] = tuple(vals)
+        seeds = s.get("seeds", 1)
+        if not (isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1):
+            errors.append(f"{where}.seeds={seeds!r}: expected a positive integer")
+            seeds = 1
+        select = s.get("select", "mean")
+        if select not in _SELECT:
+            errors.append(f"{where}.select={select!r}: expected one of {list(_SELECT)}")
+            select = "mean"
+        stages.append(StageSpec(name=name, grid=clean, seeds=seeds, select=select))
+    return tuple(stages)
+
+
+def from_dict(raw: Any, source: str = "<spec>", require_stages: bool = True) -> SearchSpec:
+    """Build a SearchSpec, collecting every problem before raising one SpecError."""
+    errors: list[str] = []
+    if not isinstance(raw, dict):
+        raise SpecError(source, [f"expected a mapping of sections, got {type(raw).__name__}"])
+    for k in raw:
+        if k not in _TOP:
+            errors.append(f"{k}: unknown section; valid sections: {sorted(_TOP)}")
+    kw: dict[str, Any] = {}
+    for sec, cls in _SECTIONS.items():
+        if sec in raw:
+            kw[sec] = _build(sec, cls, raw[sec], errors)
+    if "model" in raw and isinstance(raw["model"], dict):
+        for k in _DATA_SIZED:
+            if k in raw["model"]:
+                errors.append(f"model.{k}: set from the data; remove it from the spec")
+    data = raw.get("data") or {}
+    if not isinstance(data, dict):
+        errors.append(f"data: expected a mapping, got {data!r}")
+        data = {}
+    synth = _build("data.synth", SynthSpec, data.get("synth"), errors)
+    kw["data"] = _build("data", DataSpec, {k: v for k, v in data.items() if k != "synth"}, errors)
+    kw["data"] = DataSpec(source=kw["data"].source, cache_dir=kw["data"].cache_dir, synth=synth)
+    params = _build_params(raw.get("params"), errors)
+    kw["params"] = params
+    kw["stages"] = _build_stages(raw.get("stages"), params, errors)
+    for k in ("max_concurrent", "max_failures"):
+        if k in raw:
+            v = raw[k]
+            if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+                kw[k] = v
+            else:
+                errors.append(f"{k}={v!r}: expected a non-negative integer")
+    for k in ("storage", "name"):
+        if k in raw:
+            v = raw[k]
+            if (isinstance(v, str) and v) or (k == "name" and v is None):
+                kw[k] = v
+            else:
+                errors.append(f"{k}={v!r}: expected a non-empty string")
+    if "name" in kw and kw["name"] and ("/" in kw["name"] or kw["name"].startswith(".")):
+        errors.append(f"name={kw['name']!r}: a run name cannot contain '/' or start with '.'")
+    res = kw.get("resources")
+    if res is not None:
+        if res.cpu <= 0:
+            errors.append(f"resources.cpu={res.cpu}: must be > 0 (fractions such as 0.5 are fine)")
+        if res.gpu < 0 or (res.gpu > 1 and res.gpu != int(res.gpu)):
+            errors.append(
+                f"resources.gpu={res.gpu}: must be a fraction in [0, 1] or a whole number"
+            )
+    if require_stages and not kw["stages"] and not errors:
+        errors.append("stages: the spec defines no stages")
+    if errors:
+        raise SpecError(source, errors)
+    return SearchSpec(**kw)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted `key=value` overrides (values parsed as YAML) to a raw spec mapping.
+
+    `stages.<name>.grid.<key>=[...]` and `stages.<name>.seeds=3` address a stage by name.
+    """
+    out = copy.deepcopy(raw)
+    errors = []
+    for item in overrides:
+        if "=" not in item:
+            errors.append(f"override {item!r}: expected key=value, e.g. train.epochs=2")
+            continue
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            errors.append(f"override {item!r}: the value is not valid YAML ({e})")
+            continue
+        parts = key.split(".")
+        node: Any = out
+        if parts[0] == "stages" and len(parts) > 2:
+            stages = out.get("stages") or []
+            match = [s for s in stages if isinstance(s, dict) and s.get("name") == parts[1]]
+            if not match:
+                names = [s.get("name") for s in stages if isinstance(s, dict)]
+                errors.append(f"override {item!r}: no stage named {parts[1]!r}; stages: {names}")
+                continue
+            node, parts = match[0], parts[2:]
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {} if node.get(p) is None else node[p]
+                if not isinstance(node[p], dict):
+                    errors.append(f"override {item!r}: {p!r} is not a section")
+                    break
+            node = node[p]
+        else:
+            node[parts[-1]] = value
+    if errors:
+        raise SpecError("command line", errors)
+    return out
+
+
+def load(
+    path: str | os.PathLike | None,
+    overrides: list[str] | None = None,
+    require_stages: bool = True,
+) -> SearchSpec:
+    """Load a spec file (default: configs/search.yaml's content when path is None) with overrides."""
+    source = os.fspath(path) if path is not None else "<defaults>"
+    raw: Any = {}
+    if path is not None:
+        try:
+            with open(path) as f:
+                raw = yaml.safe_load(f)
+        except FileNotFoundError:
+            raise SpecError(
+                source, [f"file not found; the bundled specs are {bundled_specs()}"]
+            ) from None
+        except yaml.YAMLError as e:
+            raise SpecError(source, [f"not valid YAML: {e}"]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SpecError(source, [f"expected a mapping of sections, got {type(raw).__name__}"])
+    raw = apply_overrides(raw, overrides or [])
+    return from_dict(raw, source, require_stages)
+
+
+def bundled_specs() -> list[str]:
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+    return sorted(os.path.join(here, f) for f in os.listdir(here)) if os.path.isdir(here) else []
+
+
+def resolve_point(
+    spec: SearchSpec, base_model: ModelConfig, base_train: TrainConfig, point: dict[str, Any]
+) -> tuple[ModelConfig, TrainConfig]:
+    """The (model, train) configs of one grid point applied on a base."""
+    updates: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
+    bases = {"model": base_model, "train": base_train}
+    for key, value in point.items():
+        p = spec.params[key]
+        if p.set:
+            sec, name = p.set.split(".")
+            updates[sec][name] = value
+        else:
+            for t in p.scale or ():
+                sec, name = t.split(".")
+                updates[sec][name] = max(1, int(getattr(bases[sec], name) * value))
+    m = ModelConfig(**{**base_model.to_dict(), **updates["model"]})
+    t = TrainConfig(**{**base_train.to_dict(), **updates["train"]})
+    return m, t

@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny seeded synthetic market on disk, one local Ray, one smoke run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "configs" / "smoke.yaml"
+
+# A market small enough to build in a second, large enough for >= 10 names per val/test date.
+TINY = {"n_symbols": 400, "n_dates": 250, "signal": 4.0, "seed": 0}
+
+
+@pytest.fixture(scope="session")
+def tiny_market(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ranker.synth import generate
+
+    out = tmp_path_factory.mktemp("market")
+    generate(out, **TINY)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tiny_market: Path):
+    from ranker.data import load
+
+    return load(tiny_market, full_universe=True)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray per test session (2 CPUs, no dashboard)."""
+    import ray
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 * 2**20)
+    yield ray
+    ray.shutdown()
+
+
+def smoke_spec(tiny_market: Path, **overrides: str):
+    from search import spec as specmod
+
+    items = [f"{k}={v}" for k, v in overrides.items()]
+    sp = specmod.load(SMOKE, [f"data.source={tiny_market}", *items])
+    return sp
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tiny_market: Path, ray_local, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete smoke search (3 stages x 2 points, final, baseline) in a run directory."""
+    from search import driver
+
+    run_dir = tmp_path_factory.mktemp("runs") / "smoke"
+    lines: list[str] = []
+    driver.run(smoke_spec(tiny_market), str(run_dir), log=lines.append)
+    (run_dir / "driver.log").write_text("\n".join(lines))
+    return run_dir
