@@ -249,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     from search.spec import SpecError
 
     args = build_parser().parse_args(argv)
+    # Tune's own tables and per-checkpoint warnings drown the one line per trial we print.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     try:
         return args.fn(args)
     except (SpecError, DataError) as e:

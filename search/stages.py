@@ -186,6 +186,7 @@ def collect(
             "train_seconds": m.get("train_seconds", math.nan),
             "restored": m.get("restored", 0),
             "node_id": m.get("node_id", ""),
+            "data_zero_copy": m.get("data_zero_copy", ""),
             "mem_private_mb": m.get("mem_private_mb", math.nan),
             "mem_rss_mb": m.get("mem_rss_mb", math.nan),
             "path": result.path,

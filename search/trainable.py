@@ -9,6 +9,7 @@ and the per-date validation series of the best evaluation so far.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from dataclasses import replace
@@ -71,6 +72,7 @@ def run_trial(config: dict[str, Any], data: dict[str, Any], job: dict[str, Any])
         data: object refs of the `train` and `val` Panels.
         job: the resolved spec, the stage's base configs, resources and an optional fault.
     """
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # no line per checkpoint
     spec: SearchSpec = job["spec"]
     base_model = ModelConfig.from_dict(job["base_model"])
     base_train = TrainConfig.from_dict(job["base_train"])
@@ -117,6 +119,8 @@ def run_trial(config: dict[str, Any], data: dict[str, Any], job: dict[str, Any])
             "train_seconds": ev.seconds,
             "restored": restored,
             "node_id": node_id,
+            # Read-only arrays are views of the object store's copy, not private copies.
+            "data_zero_copy": not (train.emb.flags.writeable or val.emb.flags.writeable),
             **memory_mb(),
         }
         with tempfile.TemporaryDirectory() as d:
@@ -138,10 +142,12 @@ def run_trial(config: dict[str, Any], data: dict[str, Any], job: dict[str, Any])
 
 def _fault_hits(fault: dict[str, Any], config: dict[str, Any], epoch: int, resumed: bool) -> bool:
     """Whether the test/chaos fault hook fires for this trial at this evaluation."""
-    match = all(config.get(k) == v for k, v in fault.get("point", {}).items())
-    if not match or epoch != fault.get("epoch", epoch):
+    if not all(config.get(k) == v for k, v in fault.get("point", {}).items()):
         return False
-    return fault.get("mode", "once") == "always" or not resumed
+    at = fault.get("epoch", 1)
+    if fault.get("mode", "once") == "always":
+        return epoch >= at  # every attempt fails, resumed or not
+    return epoch == at and not resumed
 
 
 def parse_fault(text: str | None) -> dict[str, Any] | None:

@@ -1,0 +1,99 @@
+"""The search spec: every bundled file loads, strict errors listed at once, overrides, mapping."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from search import spec as specmod
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_config_loads(path):
+    sp = specmod.load(path)
+    assert sp.stages and all(len(s.points) >= 2 for s in sp.stages)
+    # Round trip through the resolved form written next to every run.
+    assert specmod.from_dict(sp.to_dict()) == sp
+
+
+def test_default_spec_is_the_notebooks_search():
+    sp = specmod.load(CONFIGS[[p.name for p in CONFIGS].index("search.yaml")])
+    assert [s.name for s in sp.stages] == ["architecture", "training", "dropout"]
+    assert [len(s.points) for s in sp.stages] == [27, 27, 27]
+    assert sp.stage("architecture").grid == {
+        "latent_scale": (0.5, 1.0, 2.0), "hidden_scale": (0.5, 1.0, 1.5), "news_alpha": (0.6, 0.8, 1.0)}  # fmt: skip
+    assert sp.stage("training").grid["learning_rate"] == (5e-4, 1e-3, 2e-3)
+    assert sp.stage("dropout").grid["fund_dropout"] == (0.3, 0.5, 0.7)
+    assert sp.train.epochs == 15 and sp.train.eval_every == 5 and sp.train.metric == "ic_sharpe"
+    assert sp.final.epochs == 25 and sp.resources.cpu == 1 and sp.resources.gpu == 0
+
+
+def test_scales_and_sets_map_onto_the_config():
+    sp = specmod.load(CONFIGS[[p.name for p in CONFIGS].index("search.yaml")])
+    m, t = specmod.resolve_point(sp, sp.model, sp.train,
+                                 {"latent_scale": 0.5, "hidden_scale": 1.5, "news_alpha": 0.6})  # fmt: skip
+    assert (m.fund_hidden, m.price_hidden, m.news_hidden) == (96, 48, 192)
+    assert (m.fundamental_latent, m.price_latent, m.news_latent) == (16, 8, 16)
+    assert m.news_alpha == 0.6 and t == sp.train
+    m, t = specmod.resolve_point(
+        sp, sp.model, sp.train, {"learning_rate": 2e-3, "fund_dropout": 0.7}
+    )
+    assert t.learning_rate == 2e-3 and m.fundamental_dropout == 0.7
+
+
+def test_overrides():
+    sp = specmod.load(CONFIGS[0], ["train.epochs=3", "resources.gpu=0.25",
+                                   "stages.dropout.grid.news_dropout=[0.1, 0.2]",
+                                   "stages.dropout.seeds=3"])  # fmt: skip
+    assert sp.train.epochs == 3 and sp.resources.gpu == 0.25
+    assert sp.stage("dropout").grid["news_dropout"] == (0.1, 0.2) and sp.stage("dropout").seeds == 3
+
+
+BAD = """
+data: {source: null, colour: red}
+model: {fund_hidden: -3, n_embedding_dim: 12}
+train: {epochz: 2, learning_rate: fast}
+universe: {mode: weekly}
+params:
+  news_alpha: {set: model.news_alfa}
+stages:
+  - name: architecture
+    grid: {news_alpha: [0.6], latent_scale: [1.0]}
+    seeds: 0
+resources: {cpu: 0}
+extra: 1
+"""
+
+
+def test_bad_spec_lists_every_problem(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(BAD)
+    with pytest.raises(specmod.SpecError) as e:
+        specmod.load(path)
+    msg = str(e.value)
+    for needle in ("data.colour: unknown key", "model: model.fund_hidden=-3",
+                   "model.n_embedding_dim: set from the data", "train.epochz: unknown key",
+                   "train.learning_rate='fast': expected float", "universe.mode='weekly'",
+                   "params.news_alpha.set='model.news_alfa': not a config field",
+                   "stages.architecture.grid.news_alpha: no such search key",
+                   "stages.architecture.grid.latent_scale: no such search key",
+                   "stages.architecture.seeds=0", "resources.cpu=0.0", "extra: unknown section"):  # fmt: skip
+        assert needle in msg, needle
+    assert len(e.value.errors) >= 12
+
+
+def test_bad_spec_fails_before_ray_starts(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(BAD)
+    r = subprocess.run([sys.executable, "-m", "search.cli", "run", "--config", str(path),
+                        "--storage", str(tmp_path / "runs")], capture_output=True, text=True,
+                       timeout=120)  # fmt: skip
+    assert r.returncode == 2
+    assert "problem(s) in the search spec" in r.stderr and "Traceback" not in r.stderr
+    assert "ray" not in r.stdout.lower()  # no cluster was started, no dashboard URL printed
+    assert not (tmp_path / "runs").exists()

@@ -1,0 +1,283 @@
+"""The synthetic market generator: schema, determinism, atomic writes and the planted signal."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from scipy.stats import spearmanr
+
+from ranker import synth
+from ranker.schema import (
+    CLOSE,
+    DATASET_FILE,
+    DATE,
+    NEWS_COUNT,
+    ORACLE,
+    ORACLE_FILE,
+    PRICE_DATE,
+    PRICE_FEATURES,
+    PRICES_FILE,
+    SYMBOL,
+    TARGET,
+    VOLUME,
+    resolve_features,
+)
+
+FILES = {DATASET_FILE, PRICES_FILE, ORACLE_FILE, synth.SUMMARY_FILE}
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory):
+    """The typical test market: 80 symbols x 300 dates, strong signal, full-width embeddings."""
+    out = tmp_path_factory.mktemp("synth")
+    summary = synth.generate(out, n_symbols=80, n_dates=300, signal=4.0, seed=0)
+    return out, summary
+
+
+@pytest.fixture(scope="module")
+def frames(market):
+    """(dataset, prices) as pandas, with the oracle, a news flag and the $50M rule's class."""
+    out, _ = market
+    df = pd.read_parquet(out / DATASET_FILE)
+    df[ORACLE] = pd.read_parquet(out / ORACLE_FILE)[ORACLE].to_numpy()
+    emb = df[[c for c in df.columns if c.startswith("emb_")]].to_numpy()
+    df["has_news"] = np.abs(emb).sum(axis=1) > 0
+    prices = pd.read_parquet(out / PRICES_FILE)
+    df["liquid"] = df[SYMBOL].map(_liquid_by_rule(prices)).to_numpy(dtype=bool)
+    return df, prices
+
+
+def _liquid_by_rule(prices: pd.DataFrame) -> pd.Series:
+    """The notebook's universe rule: mean close*volume over the whole prices file >= $50M."""
+    dollar = prices[CLOSE] * prices[VOLUME]
+    return dollar.groupby(prices[SYMBOL]).mean() >= synth.LIQUID_THRESHOLD
+
+
+def _mean_ic(df: pd.DataFrame, score: str, min_rows: int = synth.IC_MIN_ROWS) -> float:
+    """Mean over dates of the Spearman IC of `score` against the realised simple return."""
+    ics = [
+        spearmanr(g[score], np.expm1(g[TARGET]))[0]
+        for _, g in df.groupby(DATE)
+        if len(g) >= min_rows
+    ]
+    return float(np.mean(ics))
+
+
+def test_schema_and_dtypes(market):
+    out, _ = market
+    assert {p.name for p in out.iterdir()} == FILES
+    schema = pq.read_schema(out / DATASET_FILE)
+    feats = resolve_features(schema.names)
+    assert feats.fund == synth.FUND_FEATURES and len(feats.fund) == 19
+    assert all(name.endswith("_z") for name in feats.fund)
+    assert feats.price == PRICE_FEATURES
+    assert feats.emb == tuple(f"emb_{j}" for j in range(768))
+    assert schema.field(DATE).type == pa.date32()
+    assert schema.field(SYMBOL).type == pa.string()
+    assert schema.field(TARGET).type == pa.float64()
+    for name in (*feats.fund, *feats.price, NEWS_COUNT, *feats.emb):
+        assert schema.field(name).type == pa.float32(), name
+    prices = pq.read_schema(out / PRICES_FILE)
+    assert [(f.name, f.type) for f in prices] == [
+        (SYMBOL, pa.string()),
+        (PRICE_DATE, pa.date32()),
+        (CLOSE, pa.float64()),
+        (VOLUME, pa.float64()),
+    ]
+    oracle = pq.read_schema(out / ORACLE_FILE)
+    assert [(f.name, f.type) for f in oracle] == [
+        (DATE, pa.date32()),
+        (SYMBOL, pa.string()),
+        (ORACLE, pa.float64()),
+    ]
+
+
+def test_oracle_rows_align_with_dataset(market):
+    out, _ = market
+    keys = pq.read_table(out / DATASET_FILE, columns=[DATE, SYMBOL])
+    oracle = pq.read_table(out / ORACLE_FILE, columns=[DATE, SYMBOL])
+    assert keys.equals(oracle)
+    df = keys.to_pandas()
+    assert not df.duplicated().any()
+    assert df[DATE].is_monotonic_increasing
+
+
+def test_summary_matches_files(market, frames):
+    out, summary = market
+    df, prices = frames
+    saved = json.loads((out / synth.SUMMARY_FILE).read_text())
+    assert saved["summary"] == summary
+    assert saved["params"]["n_symbols"] == 80 and saved["params"]["signal"] == 4.0
+    assert summary["rows"] == len(df)
+    assert summary["symbols"] == df[SYMBOL].nunique() == prices[SYMBOL].nunique() == 80
+    assert summary["dates"] == df[DATE].nunique() == 300
+    assert summary["liquid_symbols"] == int(_liquid_by_rule(prices).sum())
+    assert summary["liquid_rule_mismatches"] == 0
+    liquid_news = df[df["liquid"] & df["has_news"]]
+    assert summary["liquid_news_rows"] == len(liquid_news)
+    assert summary["oracle_ic_liquid_news"] == pytest.approx(
+        _mean_ic(liquid_news, ORACLE), abs=1e-4
+    )
+
+
+def test_pinned_small_market(market):
+    """The seeded test market must not drift (tests elsewhere are tuned on it)."""
+    _, summary = market
+    assert summary["rows"] == 7196
+    assert summary["liquid_symbols"] == 14
+    assert summary["liquid_news_rows"] == 1122
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    kwargs = dict(n_symbols=20, n_dates=30, emb_dim=8)
+    synth.generate(tmp_path / "a", seed=3, **kwargs)
+    synth.generate(tmp_path / "b", seed=3, **kwargs)
+    synth.generate(tmp_path / "c", seed=4, **kwargs)
+    for name in FILES:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    for name in (DATASET_FILE, PRICES_FILE, ORACLE_FILE):
+        assert (tmp_path / "a" / name).read_bytes() != (tmp_path / "c" / name).read_bytes(), name
+
+
+def test_embeddings_are_zero_exactly_without_news(frames):
+    df, _ = frames
+    emb = df[[c for c in df.columns if c.startswith("emb_")]].to_numpy()
+    news = df["has_news"].to_numpy()
+    assert 0.1 < news.mean() < 0.5
+    assert (emb[~news] == 0.0).all()
+    assert (emb[news] != 0.0).all(axis=1).mean() > 0.99  # dense, like real sentence embeddings
+    np.testing.assert_allclose(np.linalg.norm(emb[news], axis=1), 1.0, atol=1e-5)
+    # Every news row counts more articles than every row without news on the same date.
+    by_date = df.groupby([DATE, "has_news"])[NEWS_COUNT].agg(["min", "max"]).unstack()
+    both = by_date.dropna()
+    assert (both[("min", True)] > both[("max", False)]).all()
+
+
+def test_features_are_cross_sectionally_z_scored(frames):
+    df, _ = frames
+    cols = [*synth.FUND_FEATURES, *PRICE_FEATURES, NEWS_COUNT]
+    by_date = df.groupby(DATE)[cols]
+    assert by_date.mean().abs().max().max() < 0.02  # not exactly 0: clipped at +-5
+    sd = by_date.std(ddof=0).mean()
+    assert ((sd > 0.9) & (sd < 1.01)).all(), sd[(sd <= 0.9) | (sd >= 1.01)]
+    assert np.isfinite(df[cols].to_numpy()).all()
+
+
+def test_liquid_symbols_and_rows_near_target(tmp_path):
+    summary = synth.generate(tmp_path, n_symbols=500, n_dates=60, emb_dim=8, seed=1)
+    df = pd.read_parquet(tmp_path / DATASET_FILE, columns=[DATE, SYMBOL])
+    liquid = df[SYMBOL].map(_liquid_by_rule(pd.read_parquet(tmp_path / PRICES_FILE)))
+    assert summary["liquid_symbols"] == round(synth.LIQUID_FRACTION * 500) == 90
+    assert 0.45 < liquid.mean() < 0.6  # ≈52% of rows come from the liquid ≈18% of symbols
+    presence = df.groupby(SYMBOL).size().groupby(liquid.groupby(df[SYMBOL]).first()).mean() / 60
+    assert presence[True] > 0.8 and presence[False] < 0.5
+    assert 0.28 < summary["news_fraction_liquid"] < 0.4
+    assert summary["news_fraction_illiquid"] < summary["news_fraction_liquid"]
+
+
+def test_oracle_ic_is_weak_at_signal_1_and_strong_at_signal_4(tmp_path):
+    kwargs = dict(n_symbols=600, n_dates=250, emb_dim=8, seed=2)
+    weak = synth.generate(tmp_path / "weak", signal=1.0, **kwargs)
+    strong = synth.generate(tmp_path / "strong", signal=4.0, **kwargs)
+    assert 0.015 < weak["oracle_ic_liquid_news"] < 0.08
+    assert 0.02 < weak["oracle_ic_illiquid_news"] < 0.12
+    assert strong["oracle_ic_liquid_news"] > 0.1
+    assert strong["oracle_ic_liquid_news"] > 2.5 * weak["oracle_ic_liquid_news"]
+    # Recomputed from the files, as the project's metrics would see it.
+    df = pd.read_parquet(tmp_path / "weak" / DATASET_FILE, columns=[DATE, SYMBOL, TARGET, "emb_0"])
+    df[ORACLE] = pd.read_parquet(tmp_path / "weak" / ORACLE_FILE)[ORACLE].to_numpy()
+    liquid = df[SYMBOL].map(_liquid_by_rule(pd.read_parquet(tmp_path / "weak" / PRICES_FILE)))
+    rows = df[liquid.to_numpy(dtype=bool) & (df["emb_0"] != 0).to_numpy()]
+    assert _mean_ic(rows, ORACLE) == pytest.approx(weak["oracle_ic_liquid_news"], abs=1e-4)
+
+
+def test_liquid_and_illiquid_patterns_invert(frames):
+    df, _ = frames
+    liquid = df[df["liquid"]]
+    illiquid = df[~df["liquid"]]
+    assert np.corrcoef(liquid["ret_1d_z"], liquid[ORACLE])[0, 1] > 0.2  # continuation
+    assert np.corrcoef(illiquid["ret_1d_z"], illiquid[ORACLE])[0, 1] < -0.3  # reversal
+    # The quality x growth interaction flips sign too.
+    inter = np.tanh(df["roe_z"] * df["revenue_growth_z"])
+    assert np.corrcoef(inter[df["liquid"]], liquid[ORACLE])[0, 1] < 0
+    assert np.corrcoef(inter[~df["liquid"]], illiquid[ORACLE])[0, 1] > 0
+
+
+def test_oracle_is_the_planted_function_of_stored_features(frames):
+    df, _ = frames
+    rows = df[~df["has_news"]]
+    fund = rows[list(synth.FUND_FEATURES)].to_numpy().T
+    price = rows[list(PRICE_FEATURES)].to_numpy().T
+    mu = synth._planted_mu(
+        fund, price, np.zeros((3, len(rows))), np.zeros(len(rows), bool), rows["liquid"], 4.0
+    )
+    np.testing.assert_array_equal(mu, rows[ORACLE].to_numpy())
+
+
+def test_prices_cover_lookback_and_match_targets(frames):
+    df, prices = frames
+    prices = prices.sort_values([SYMBOL, PRICE_DATE])
+    first_row = df.groupby(SYMBOL)[DATE].min()
+    last_row = df.groupby(SYMBOL)[DATE].max()
+    before = prices[prices[PRICE_DATE] < prices[SYMBOL].map(first_row)].groupby(SYMBOL).size()
+    assert (before == synth.LOOKBACK).all() and len(before) == 80
+    after = prices[prices[PRICE_DATE] > prices[SYMBOL].map(last_row)].groupby(SYMBOL).size()
+    assert (after == 1).all() and len(after) == 80
+    assert (pd.to_datetime(prices[PRICE_DATE]).dt.dayofweek < 5).all()
+    # close(next trading day) = close * exp(target_return)
+    prices["next_close"] = prices.groupby(SYMBOL)[CLOSE].shift(-1)
+    joined = df[[DATE, SYMBOL, TARGET]].merge(
+        prices.rename(columns={PRICE_DATE: DATE}), on=[DATE, SYMBOL], validate="one_to_one"
+    )
+    assert len(joined) == len(df)
+    np.testing.assert_allclose(
+        joined["next_close"], joined[CLOSE] * np.exp(joined[TARGET]), rtol=1e-12
+    )
+    assert (prices[CLOSE] > 0).all() and (prices[VOLUME] >= 1).all()
+
+
+def test_default_calendar_spans_the_research_period(tmp_path):
+    summary = synth.generate(tmp_path, n_symbols=10, emb_dim=8)
+    assert (summary["first_date"], summary["last_date"]) == ("2021-01-13", "2025-12-18")
+    assert 1230 <= summary["dates"] <= 1250  # NYSE-like trading days, as in the research data
+
+
+def test_failed_run_leaves_previous_files_and_no_temp_files(tmp_path):
+    synth.generate(tmp_path, n_symbols=12, n_dates=10, emb_dim=8, seed=0)
+    before = {name: (tmp_path / name).read_bytes() for name in FILES}
+
+    def crash(msg: str) -> None:
+        raise RuntimeError(f"interrupted at: {msg}")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        synth.generate(tmp_path, n_symbols=12, n_dates=10, emb_dim=8, seed=1, log=crash)
+    assert {p.name for p in tmp_path.iterdir()} == FILES
+    assert {name: (tmp_path / name).read_bytes() for name in FILES} == before
+    # A successful run replaces them, leaving no temporary file either.
+    synth.generate(tmp_path, n_symbols=12, n_dates=10, emb_dim=8, seed=1)
+    assert {p.name for p in tmp_path.iterdir()} == FILES
+    assert (tmp_path / DATASET_FILE).read_bytes() != before[DATASET_FILE]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_symbols": 5}, "at least 10"),
+        ({"scale": 0.0}, "scale=0.0"),
+        ({"n_dates": 1}, "n_dates=1"),
+        ({"signal": -1.0}, "signal=-1.0"),
+        ({"emb_dim": 4}, "emb_dim=4"),
+        ({"seed": -1}, "seed=-1"),
+        ({"start": "not-a-date"}, "ISO dates"),
+        ({"start": "2025-01-01", "end": "2024-01-01", "n_dates": None}, "before start"),
+    ],
+)
+def test_bad_parameters_are_rejected(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        synth.generate(tmp_path, **{"n_symbols": 12, "n_dates": 10, **kwargs})
+    assert not any(tmp_path.iterdir())
