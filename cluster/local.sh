@@ -3,7 +3,7 @@
 #
 #   cluster/local.sh start [N_WORKERS]   # default 1 worker; prints the dashboard URL and job command
 #   cluster/local.sh status              # `ray status` for this cluster
-#   cluster/local.sh stop                # `ray stop`: ends EVERY Ray process on this machine
+#   cluster/local.sh stop                # ends this cluster's processes only (`ray stop` ends all)
 #
 # Settings (environment variables; defaults in brackets):
 #   CPUS_PER_NODE     CPUs each node advertises [nproc / (N_WORKERS + 1), at least 1]
@@ -12,11 +12,14 @@
 #   GPUS_PER_WORKER   GPUs each worker advertises [0]; every node on one machine sees the same GPUs,
 #                     so with several workers split them by hand (e.g. 1 worker, GPUS_PER_WORKER=1)
 #   OBJECT_STORE_GB   object store per node, in GB (integer) [1]
-#   NODE_IP           address every node binds and advertises [127.0.0.1: unreachable from outside]
 #   RAY_PORT          GCS port of the head [6379]
 #   DASHBOARD_HOST    dashboard bind address [127.0.0.1]; 0.0.0.0 exposes it (token auth still applies)
 #   DASHBOARD_PORT    [8265]
-#   AGENT_PORT_BASE   dashboard-agent HTTP port of the head; worker i uses AGENT_PORT_BASE + i [52365]
+#   AGENT_PORT_BASE   dashboard-agent HTTP port of the head; worker i uses AGENT_PORT_BASE + i
+#                     [52465: clear of the 52365 that every other Ray instance on the machine takes]
+#   RAY_TEMP_DIR      sessions, logs and sockets of this cluster [/tmp/ray-local-cluster]. Kept out of
+#                     Ray's default /tmp/ray so that a plain `ray.init()` elsewhere on the machine
+#                     (the test suite) starts its own Ray instead of joining this cluster.
 #   RAY_AUTH_MODE     token | disabled [token]. Ray 2.60's `ray start --head` turns token auth on by
 #                     itself only when a token already exists, and worker nodes and clients need
 #                     RAY_AUTH_MODE=token exported explicitly, so the script always exports it.
@@ -40,23 +43,25 @@ case "${1:-}" in
 esac
 command -v ray >/dev/null || die "no 'ray' on PATH: activate the environment that has ray[default,tune]==2.60.0 (e.g. source .venv/bin/activate)"
 
-# The Python that runs `ray` (its console script's shebang), so node checks use the same install.
+# The Python that runs `ray` (its console script's shebang), so the node count uses the same install.
 RAY_PY="$(head -n 1 "$(command -v ray)" | sed 's/^#!//')"
 [[ -x "$RAY_PY" ]] || RAY_PY=python3
 
-NODE_IP="${NODE_IP:-127.0.0.1}"
 RAY_PORT="${RAY_PORT:-6379}"
 DASHBOARD_HOST="${DASHBOARD_HOST:-127.0.0.1}"
 DASHBOARD_PORT="${DASHBOARD_PORT:-8265}"
-AGENT_PORT_BASE="${AGENT_PORT_BASE:-52365}"
+AGENT_PORT_BASE="${AGENT_PORT_BASE:-52465}"
 OBJECT_STORE_GB="${OBJECT_STORE_GB:-1}"
 GPUS_PER_WORKER="${GPUS_PER_WORKER:-0}"
-GCS_ADDRESS="${NODE_IP}:${RAY_PORT}"
-# A dashboard bound to all interfaces is still reached locally through 127.0.0.1.
+RAY_TEMP_DIR="${RAY_TEMP_DIR:-/tmp/ray-local-cluster}"
+# Ray advertises the machine's address even when told 127.0.0.1, and the GCS listens on every
+# interface; connecting through 127.0.0.1 works either way.
+GCS_ADDRESS="127.0.0.1:${RAY_PORT}"
 case "$DASHBOARD_HOST" in
     0.0.0.0 | "::") DASHBOARD_URL="http://127.0.0.1:${DASHBOARD_PORT}" ;;
     *) DASHBOARD_URL="http://${DASHBOARD_HOST}:${DASHBOARD_PORT}" ;;
 esac
+LOGS="$RAY_TEMP_DIR/session_latest/logs"
 
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
 case "$RAY_AUTH_MODE" in
@@ -105,6 +110,24 @@ alive_nodes() {
         "$RAY_PY" -c 'import json, sys; print(len(json.load(sys.stdin)))'
 }
 
+# This cluster's processes: every Ray program whose command line names RAY_TEMP_DIR (GCS, raylets,
+# dashboard, monitors) and everything they started (agents, workers, trials).
+cluster_pids() {
+    local roots pid
+    roots="$(pgrep -u "$(id -u)" -f -- "/ray/.*$RAY_TEMP_DIR/" || true)"
+    descendants() {
+        local child
+        for child in $(pgrep -P "$1" || true); do
+            echo "$child"
+            descendants "$child"
+        done
+    }
+    for pid in $roots; do
+        echo "$pid"
+        descendants "$pid"
+    done | sort -un
+}
+
 cmd_start() {
     local n_workers="${1:-1}"
     is_int "$n_workers" || die "N_WORKERS=$n_workers: expected a whole number such as 1 or 2"
@@ -121,47 +144,45 @@ cmd_start() {
     is_int "$head_cpus" || die "HEAD_CPUS=$head_cpus: expected a whole number (0 keeps trials off the head)"
     local store_bytes=$((OBJECT_STORE_GB * 1024 * 1024 * 1024))
 
-    if ray status --address "$GCS_ADDRESS" >/dev/null 2>&1; then
-        die "a Ray cluster already answers at $GCS_ADDRESS: run 'cluster/local.sh stop' first"
+    if [[ -n "$(cluster_pids)" ]]; then
+        die "a cluster from $RAY_TEMP_DIR is still running: run 'cluster/local.sh stop' first"
     fi
     ensure_token
 
     echo "Starting head at $GCS_ADDRESS ($head_cpus CPUs, ${OBJECT_STORE_GB} GB object store, auth: $RAY_AUTH_MODE)"
-    ray start --head \
-        --node-ip-address="$NODE_IP" --port="$RAY_PORT" \
+    ray start --head --temp-dir="$RAY_TEMP_DIR" --port="$RAY_PORT" \
         --num-cpus="$head_cpus" --num-gpus=0 \
         --object-store-memory="$store_bytes" \
         --include-dashboard=true --dashboard-host="$DASHBOARD_HOST" --dashboard-port="$DASHBOARD_PORT" \
         --dashboard-agent-listen-port="$AGENT_PORT_BASE" \
         --disable-usage-stats >/dev/null ||
-        die "'ray start --head' failed; its logs are in /tmp/ray/session_latest/logs"
+        die "'ray start --head' failed; its logs are in $LOGS"
 
     local i
     for ((i = 1; i <= n_workers; i++)); do
         echo "Starting worker $i ($cpus CPUs, $GPUS_PER_WORKER GPUs, ${OBJECT_STORE_GB} GB object store)"
         # Nodes on one machine share the temp dir (Ray suffixes their sockets and logs) but each
         # needs its own dashboard-agent HTTP port; the other ports are picked free at random.
-        ray start --address="$GCS_ADDRESS" \
-            --node-ip-address="$NODE_IP" \
+        ray start --address="$GCS_ADDRESS" --temp-dir="$RAY_TEMP_DIR" \
             --num-cpus="$cpus" --num-gpus="$GPUS_PER_WORKER" \
             --object-store-memory="$store_bytes" \
             --dashboard-agent-listen-port="$((AGENT_PORT_BASE + i))" \
             --disable-usage-stats >/dev/null ||
-            die "worker $i did not start; see /tmp/ray/session_latest/logs (stop with 'cluster/local.sh stop')"
+            die "worker $i did not start; see $LOGS (clean up with 'cluster/local.sh stop')"
     done
 
     local alive=0 _
-    for _ in $(seq 30); do
-        alive="$(alive_nodes 2>/dev/null || echo 0)"
+    for _ in $(seq 60); do
+        alive="$(alive_nodes || echo 0)"
         [[ "$alive" == "$n_nodes" ]] && break
         sleep 1
     done
     [[ "$alive" == "$n_nodes" ]] ||
-        die "$alive of $n_nodes nodes are alive after 30 s; see 'ray status' and /tmp/ray/session_latest/logs"
+        die "$alive of $n_nodes nodes are alive after a minute; see 'cluster/local.sh status' and $LOGS"
 
     cat <<EOF
 
-Ray cluster up: $n_nodes nodes (head + $n_workers workers) at $GCS_ADDRESS
+Ray cluster up: $n_nodes nodes (head + $n_workers workers) at $GCS_ADDRESS; logs in $LOGS
 Dashboard:  $DASHBOARD_URL
 EOF
     if [[ "$RAY_AUTH_MODE" == token ]]; then
@@ -185,22 +206,38 @@ EOF
 
 cmd_status() {
     ray status --address "$GCS_ADDRESS"
-    echo "Dashboard: $DASHBOARD_URL   (auth: $RAY_AUTH_MODE)"
+    echo "Dashboard: $DASHBOARD_URL   (auth: $RAY_AUTH_MODE; logs in $LOGS)"
 }
 
 cmd_stop() {
-    # `ray stop` ends every Ray process of this user on this machine, whoever started it.
-    ray stop >/dev/null 2>&1 || true
-    if pgrep -u "$(id -u)" -f 'ray/core/src/ray/(raylet/raylet|gcs/gcs_server)' >/dev/null; then
-        ray stop --force >/dev/null 2>&1 || true
+    # Not `ray stop`: that ends every Ray process of this user on the machine, test runs included.
+    local pids pid left=""
+    pids="$(cluster_pids)"
+    if [[ -z "$pids" ]]; then
+        echo "No cluster from $RAY_TEMP_DIR is running."
+        return 0
     fi
-    if pgrep -u "$(id -u)" -f 'ray/core/src/ray/(raylet/raylet|gcs/gcs_server)' >/dev/null; then
-        die "Ray processes are still running: see 'ps aux | grep -E \"raylet|gcs_server\"'"
+    # shellcheck disable=SC2086  # one pid per word
+    kill -TERM $pids 2>/dev/null || true
+    for _ in $(seq 15); do
+        left=""
+        for pid in $pids; do
+            kill -0 "$pid" 2>/dev/null && left="$left $pid"
+        done
+        [[ -z "$left" ]] && break
+        sleep 1
+    done
+    if [[ -n "$left" ]]; then
+        # shellcheck disable=SC2086
+        kill -KILL $left 2>/dev/null || true
     fi
-    echo "Ray stopped on this machine."
+    rm -f "$RAY_TEMP_DIR/ray_current_cluster"
+    sleep 1
+    [[ -z "$(cluster_pids)" ]] || die "processes of $RAY_TEMP_DIR survived SIGKILL: $(cluster_pids | tr '\n' ' ')"
+    echo "Stopped the cluster of $RAY_TEMP_DIR ($(echo "$pids" | wc -w) processes)."
 }
 
-case "${1:-}" in
+case "$1" in
     start) cmd_start "${2:-1}" ;;
     status) cmd_status ;;
     stop) cmd_stop ;;

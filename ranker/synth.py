@@ -47,7 +47,7 @@ interactions, while the value, leverage and news-sentiment effects are shared: a
 all stocks learns a compromise that ranks the liquid names worse than one fitted on them alone.
 With `signal=1` the mean daily Spearman IC of mu against the realised return is ≈0.04 on liquid
 news rows and ≈0.06 on illiquid ones (the exact values are in `synth.json`); `signal` scales mu
-(≈0.15 on liquid news rows at `signal=4`).
+(≈0.17 on liquid news rows at `signal=4`).
 
 Determinism: all randomness comes from `np.random.default_rng([seed, stream, t])` streams (static
 market properties, and one stream per simulated day), so a seed fixes every byte of the output.

@@ -18,17 +18,23 @@ import sys
 import time
 from typing import Any
 
-DEFAULT_CONFIG = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "search.yaml"
-)
+_REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+_INSTALLED_CONFIGS = os.path.join(sys.prefix, "share", "liquid-search", "configs")
+CONFIG_DIR = _REPO_CONFIGS if os.path.isdir(_REPO_CONFIGS) else _INSTALLED_CONFIGS
+DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "search.yaml")
 
 
 def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _default_config() -> str | None:
-    return DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None
+def _default_config() -> str:
+    if not os.path.exists(DEFAULT_CONFIG):
+        raise SystemExit(
+            f"the bundled spec {DEFAULT_CONFIG} is missing; pass --config with a search spec "
+            f"(see configs/search.yaml in the repository)"
+        )
+    return DEFAULT_CONFIG
 
 
 # ---------------------------------------------------------------- synth

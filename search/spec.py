@@ -426,8 +426,13 @@ def load(
 
 
 def bundled_specs() -> list[str]:
-    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-    return sorted(os.path.join(here, f) for f in os.listdir(here)) if os.path.isdir(here) else []
+    from search.cli import CONFIG_DIR
+
+    return (
+        sorted(os.path.join(CONFIG_DIR, f) for f in os.listdir(CONFIG_DIR))
+        if os.path.isdir(CONFIG_DIR)
+        else []
+    )
 
 
 def resolve_point(

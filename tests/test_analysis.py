@@ -1,0 +1,210 @@
+"""The overfitting analysis of a run against direct computations on the run's own files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ranker.metrics import evaluate_bounds
+from ranker.model import ModelConfig, MultiBranchRanker
+from ranker.overfit import deflated_sharpe_ratio
+from ranker.train import METRICS, score
+from search import analysis
+from search.analysis import (
+    analyze,
+    blocks_for,
+    point_table,
+    selected_dsr,
+    selected_trial,
+    stage_pbo,
+    top_test,
+    trial_series,
+)
+from search.stages import read_best
+from tests.conftest import smoke_spec
+
+STAGES = ["architecture", "training", "dropout"]
+GRID = {
+    "stages.architecture.grid": "{latent_scale: [0.5, 1.0], news_alpha: [0.6, 1.0]}",
+    "stages.architecture.seeds": "2",
+}
+_GRID_RUN: list[Path] = []
+
+
+@pytest.fixture(scope="session")
+def grid_run(tiny_market, ray_local, tmp_path_factory) -> Path:
+    """Stage 'architecture' alone on a 2 x 2 grid with 2 seeds (8 trials), no final model.
+
+    Also used by test_report.py; the module-level cache keeps it to one run per session.
+    """
+    if not _GRID_RUN:
+        from search import driver
+
+        run_dir = tmp_path_factory.mktemp("runs") / "grid"
+        spec = smoke_spec(tiny_market, **GRID)
+        driver.run(spec, str(run_dir), stop_after="architecture", log=lambda _: None)
+        _GRID_RUN.append(run_dir)
+    return _GRID_RUN[0]
+
+
+def _csv(run_dir: Path, stage: str) -> list[dict[str, str]]:
+    with open(run_dir / stage / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _model(ckpt: Path) -> MultiBranchRanker:
+    state = torch.load(ckpt / "state.pt", weights_only=True)
+    model = MultiBranchRanker(ModelConfig.from_dict(state["model_config"]))
+    model.load_state_dict(state["best_state"])
+    return model
+
+
+def _latest(trial_dir: str) -> Path:
+    return max(Path(trial_dir).glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[1]))
+
+
+# --- PBO ----------------------------------------------------------------------------------------
+
+
+def test_blocks_for_lowers_s_to_an_even_half_of_t():
+    assert blocks_for(25, 16) == 16
+    assert blocks_for(15, 16) == 6  # 15 // 2 = 7 -> 6
+    assert blocks_for(12, 16) == 6
+    assert blocks_for(3, 16) == 0
+
+
+def test_stage_pbo_on_a_run(smoke_run: Path):
+    for st in STAGES:
+        n_done = sum(r["status"] == "TERMINATED" for r in _csv(smoke_run, st))
+        r = stage_pbo(str(smoke_run), st)
+        assert "skipped" not in r, r
+        assert 0.0 <= r["pbo"] <= 1.0
+        assert r["n_trials"] == n_done == 2
+        assert r["n_blocks"] == 16 and r["n_dates"] >= 16
+        assert r["n_dates_used"] == (r["n_dates"] // 16) * 16
+        assert r["n_combinations"] == 12870  # C(16, 8)
+
+
+def test_stage_pbo_lowers_s_when_dates_are_few(smoke_run: Path):
+    t = stage_pbo(str(smoke_run), "architecture")["n_dates"]
+    r = stage_pbo(str(smoke_run), "architecture", n_blocks=2 * t + 2)
+    assert r["n_blocks"] == blocks_for(t, 2 * t + 2) == (t // 2) - (t // 2) % 2
+    assert r["n_dates_used"] == (t // r["n_blocks"]) * r["n_blocks"]
+    assert 0.0 <= r["pbo"] <= 1.0
+
+
+def test_stage_pbo_aligns_dates_and_skips_with_a_reason(monkeypatch):
+    rng = np.random.default_rng(0)
+    a = {"date_idx": np.arange(30), "ic": rng.normal(0.05, 0.1, 30)}
+    b = {"date_idx": np.arange(2, 30), "ic": rng.normal(0.05, 0.1, 28)}
+    b["ic"][5] = np.nan  # date 7 undefined for b: dropped for everyone
+    dead = {"date_idx": np.arange(30), "ic": np.full(30, np.nan)}
+    series = {"a": a, "b": b, "dead": dead}
+    monkeypatch.setattr(analysis, "trial_series", lambda run_dir, stage: series)
+    r = stage_pbo("unused", "s", n_blocks=16)
+    assert r["n_trials"] == 2 and r["trials_without_ic"] == ["dead"]
+    assert r["n_dates"] == 27 and r["n_blocks"] == 16 and 0 <= r["pbo"] <= 1
+
+    monkeypatch.setattr(analysis, "trial_series", lambda run_dir, stage: {"a": a})
+    r = stage_pbo("unused", "s")
+    assert "pbo" not in r and "N=1" in r["skipped"]
+
+
+# --- DSR ----------------------------------------------------------------------------------------
+
+
+def _sharpe(ic: np.ndarray) -> float:
+    x = ic[np.isfinite(ic)]
+    return float(x.mean() / x.std(ddof=1))
+
+
+def test_selected_dsr_deflates_by_every_trial_so_far(smoke_run: Path):
+    run = str(smoke_run)
+    sel = selected_trial(run, "training")
+    r = selected_dsr(run, STAGES[:2], sel)
+    series = trial_series(run, "architecture") | trial_series(run, "training")
+    sharpes = [_sharpe(s["ic"]) for s in series.values()]
+    ref = deflated_sharpe_ratio(series[sel]["ic"], n_trials=4, trial_sharpes=sharpes)
+    assert r["n_trials"] == 4 and r["trial_id"] == sel
+    assert r["dsr"] == pytest.approx(ref["dsr"], abs=1e-12)
+    assert r["sharpe"] == pytest.approx(ref["sharpe"], abs=1e-12)
+    assert r["dsr"] <= r["psr"]
+
+    # On the same real series and trial-Sharpe variance, more trials deflate more.
+    ic, var = series[sel]["ic"], r["sharpe_variance"]
+    dsrs = [deflated_sharpe_ratio(ic, n, sharpe_variance=var)["dsr"] for n in (1, 2, 4, 16, 256)]
+    assert dsrs[0] == pytest.approx(r["psr"], abs=1e-12)
+    assert all(x > y for x, y in zip(dsrs, dsrs[1:], strict=False)), dsrs
+
+
+def test_selected_dsr_rejects_an_unknown_trial(smoke_run: Path):
+    with pytest.raises(ValueError, match="no val series"):
+        selected_dsr(str(smoke_run), ["architecture"], "nope_00000")
+
+
+# --- val against test ---------------------------------------------------------------------------
+
+
+def test_top_test_agrees_with_scoring_the_checkpoint_directly(smoke_run: Path, tiny_dataset):
+    test, val = tiny_dataset.test, tiny_dataset.val
+    rows = {r["trial_id"]: r for r in _csv(smoke_run, "architecture")}
+    tops = top_test(str(smoke_run), "architecture", test, k=5, n=5)
+    assert [t["rank"] for t in tops] == [1, 2]
+    assert tops[0]["value"] >= tops[1]["value"]
+    assert (
+        tops[0]["selected"]
+        and tops[0]["point"] == read_best(str(smoke_run), "architecture")["point"]
+    )
+    for t in tops:
+        (trial,) = t["trials"]
+        row = rows[trial["trial_id"]]
+        model = _model(_latest(row["path"]))
+        direct = evaluate_bounds(test.bounds, score(model, test), test.returns, k=5)
+        assert trial["test"] == pytest.approx(direct, rel=1e-9, abs=1e-12)
+        assert t["test"] == pytest.approx({k: v for k, v in direct.items() if k != "n_dates"})
+        # best_state is the evaluation whose val metrics results.csv records.
+        on_val = evaluate_bounds(val.bounds, score(model, val), val.returns, k=5)
+        for m in METRICS:
+            assert trial["val"][m] == pytest.approx(float(row[m]), rel=1e-9)
+            assert on_val[m] == pytest.approx(float(row[m]), rel=1e-5, abs=1e-9)
+
+
+# --- replicates ---------------------------------------------------------------------------------
+
+
+def test_point_table_is_the_numpy_mean_and_std_over_replicates(grid_run: Path):
+    rows = _csv(grid_run, "architecture")
+    table = point_table(str(grid_run), "architecture")
+    assert len(table) == 4 and len(rows) == 8
+    for p in table:
+        mine = [r for r in rows if float(r["latent_scale"]) == p["latent_scale"]
+                and float(r["news_alpha"]) == p["news_alpha"]]  # fmt: skip
+        assert p["n"] == len(mine) == 2 and sorted(p["trial_ids"]) == sorted(
+            r["trial_id"] for r in mine
+        )
+        for m in METRICS:
+            vals = np.array([float(r[m]) for r in mine])
+            assert p[m] == pytest.approx(vals.mean(), abs=1e-12)
+            assert p[f"{m}_std"] == pytest.approx(vals.std(), abs=1e-12)
+    best = read_best(str(grid_run), "architecture")
+    (chosen,) = [p for p in table if p["selected"]]
+    assert chosen["value"] == pytest.approx(best["value"], abs=1e-12)
+    assert chosen["ic_sharpe_std"] == pytest.approx(best["replicate_std"], abs=1e-12)
+
+
+def test_analyze_a_partial_run_writes_strict_json(grid_run: Path, tiny_dataset):
+    out = analyze(str(grid_run), tiny_dataset.test, k=5, n_top=2)
+    text = (grid_run / "analysis.json").read_text()
+    assert json.loads(text) == out and "NaN" not in text
+    (st,) = out["stages"]
+    assert out["final"] is None, "no final model on a run stopped after a stage"
+    assert st["pbo"]["n_trials"] == 8 and st["dsr"]["n_trials"] == 8 == out["n_trials"]
+    assert [t["n"] for t in st["top_test"]] == [2, 2]
+    assert st["top_test"][0]["selected"]
+    ts = [t["test"]["ic_sharpe"] for t in st["top_test"][0]["trials"]]
+    assert st["top_test"][0]["test_std"]["ic_sharpe"] == pytest.approx(np.std(ts), abs=1e-12)
