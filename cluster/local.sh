@@ -111,10 +111,14 @@ alive_nodes() {
 }
 
 # This cluster's processes: every Ray program whose command line names RAY_TEMP_DIR (GCS, raylets,
-# dashboard, monitors) and everything they started (agents, workers, trials).
+# dashboard, monitors), the Ray Client server (it names only the GCS address), and everything they
+# started (agents, workers, trials).
 cluster_pids() {
     local roots pid
-    roots="$(pgrep -u "$(id -u)" -f -- "/ray/.*$RAY_TEMP_DIR/" || true)"
+    roots="$(
+        pgrep -u "$(id -u)" -f -- "/ray/.*$RAY_TEMP_DIR/" || true
+        pgrep -u "$(id -u)" -f -- "ray\.util\.client\.server .*--address=[^ ]*:$RAY_PORT( |$)" || true
+    )"
     descendants() {
         local child
         for child in $(pgrep -P "$1" || true); do
@@ -209,32 +213,55 @@ cmd_status() {
     echo "Dashboard: $DASHBOARD_URL   (auth: $RAY_AUTH_MODE; logs in $LOGS)"
 }
 
+# The pids among "$@" still running; a zombie (exited, never reaped: PID 1 in some containers
+# reaps nothing) counts as gone.
+alive() {
+    local pid
+    for pid in "$@"; do
+        [[ "$(ps -o stat= -p "$pid" 2>/dev/null)" =~ ^[^Z] ]] && echo "$pid"
+    done
+    return 0
+}
+
+# SIGTERM to "$@", then wait up to 10 s for them to exit.
+term_and_wait() {
+    (($# > 0)) || return 0
+    kill -TERM "$@" 2>/dev/null || true
+    local _
+    for _ in $(seq 50); do
+        [[ -z "$(alive "$@")" ]] && return 0
+        sleep 0.2
+    done
+}
+
 cmd_stop() {
-    # Not `ray stop`: that ends every Ray process of this user on the machine, test runs included.
-    local pids pid left=""
-    pids="$(cluster_pids)"
-    if [[ -z "$pids" ]]; then
+    # Not `ray stop`, which ends every Ray process of this user on the machine (test runs included),
+    # but its order: raylets first, GCS last; with all at once the raylets and GCS hang on SIGTERM.
+    local all raylets gcs others leftover
+    all="$(cluster_pids)"
+    if [[ -z "$all" ]]; then
         echo "No cluster from $RAY_TEMP_DIR is running."
         return 0
     fi
+    raylets="$(pgrep -u "$(id -u)" -f -- "raylet/raylet .*$RAY_TEMP_DIR/" || true)"
+    gcs="$(pgrep -u "$(id -u)" -f -- "gcs_server .*$RAY_TEMP_DIR/" || true)"
     # shellcheck disable=SC2086  # one pid per word
-    kill -TERM $pids 2>/dev/null || true
-    for _ in $(seq 15); do
-        left=""
-        for pid in $pids; do
-            kill -0 "$pid" 2>/dev/null && left="$left $pid"
-        done
-        [[ -z "$left" ]] && break
-        sleep 1
-    done
-    if [[ -n "$left" ]]; then
+    term_and_wait $raylets
+    others="$(cluster_pids | grep -vxF -- "${gcs:-none}" || true)"
+    # shellcheck disable=SC2086
+    term_and_wait $others
+    # shellcheck disable=SC2086
+    term_and_wait $gcs
+    # shellcheck disable=SC2086
+    leftover="$(alive $all)"
+    if [[ -n "$leftover" ]]; then
         # shellcheck disable=SC2086
-        kill -KILL $left 2>/dev/null || true
+        kill -KILL $leftover 2>/dev/null || true
+        sleep 1
     fi
     rm -f "$RAY_TEMP_DIR/ray_current_cluster"
-    sleep 1
     [[ -z "$(cluster_pids)" ]] || die "processes of $RAY_TEMP_DIR survived SIGKILL: $(cluster_pids | tr '\n' ' ')"
-    echo "Stopped the cluster of $RAY_TEMP_DIR ($(echo "$pids" | wc -w) processes)."
+    echo "Stopped the cluster of $RAY_TEMP_DIR ($(echo "$all" | wc -w) processes$([[ -n "$leftover" ]] && echo ", $(echo "$leftover" | wc -w) killed"))."
 }
 
 case "$1" in

@@ -548,10 +548,11 @@ def read_analysis(run_dir: str) -> dict[str, Any] | None:
     return None
 
 
-def load_test_panel(run_dir: str) -> Panel:
-    """The run's test Panel, rebuilt from run.json's data source and the run's spec."""
+def load_test_panel(run_dir: str, source: str | None = None) -> Panel:
+    """The run's test Panel, rebuilt from its data (`source`, default run.json's) and spec."""
     from ranker.data import load
 
     spec = load_spec(run_dir)
-    source = json.loads(store.read_text(store.join(run_dir, "run.json")))["source"]
+    if source is None:
+        source = json.loads(store.read_text(store.join(run_dir, "run.json")))["source"]
     return load(source, spec.universe, spec.split).test

@@ -181,6 +181,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from search import store
+    from search.analysis import analyze, load_spec, load_test_panel
+    from search.report import write_report
+
+    run_dir = store.absolute(args.run_dir)
+    if not args.no_test:
+        analyze(run_dir, load_test_panel(run_dir, args.data), load_spec(run_dir).train.k)
+    md, html = write_report(run_dir)
+    _say(f"wrote {md} and {html}")
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -247,6 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="print a run's stages and trials as a table")
     st.add_argument("run_dir")
     st.set_defaults(fn=cmd_status)
+
+    rp = sub.add_parser(
+        "report", help="write report.md and report.html (and analysis.json) for a run"
+    )
+    rp.add_argument("run_dir")
+    rp.add_argument("--data", help="override the run's data source")
+    rp.add_argument("--no-test", action="store_true",
+                    help="skip scoring the top configs on the test set")  # fmt: skip
+    rp.set_defaults(fn=cmd_report)
     return p
 
 
@@ -260,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     try:
         return args.fn(args)
-    except (SpecError, DataError) as e:
+    except (SpecError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

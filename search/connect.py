@@ -13,21 +13,44 @@ _SHARED_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "glusterfs", "ce
               "gpfs", "fuse.", "efs", "9p", "virtiofs")  # fmt: skip
 
 
+def in_ray_job() -> bool:
+    """True in the driver of a job submitted with `ray job submit` (or the Jobs API)."""
+    return bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or os.environ.get("RAY_JOB_ID"))
+
+
+def _token_file() -> str:
+    return os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+
+
 def init(address: str | None, log: Callable[[str], None]) -> Any:
     """ray.init for the CLI. Inside a Ray job (or with RAY_ADDRESS set) a bare ray.init() joins
     that cluster; `--address auto|ray://host:10001|host:6379` joins an existing one; otherwise a
-    local Ray starts on this machine."""
+    local Ray starts on this machine.
+
+    A token-auth cluster (Ray 2.59+ turns it on for clusters started by `ray start` when a token
+    exists) refuses clients without RAY_AUTH_MODE=token: when a token file exists and the mode is
+    unset, the connection is retried once with it.
+    """
     import ray
+    from ray.exceptions import AuthenticationError
 
     if address:
-        ctx = ray.init(address=address, log_to_driver=True)
-        where = f"cluster at {address}"
-    elif os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_ADDRESS"):
-        ctx = ray.init()
+        where = f"the cluster at {address}"
+    elif in_ray_job() or os.environ.get("RAY_ADDRESS"):
         where = "the cluster of this Ray job"
     else:
-        ctx = ray.init()
         where = "a local Ray on this machine"
+    try:
+        ctx = ray.init(address=address)
+    except AuthenticationError as e:
+        if os.environ.get("RAY_AUTH_MODE") or not os.path.exists(_token_file()):
+            raise SystemExit(
+                f"{where} refused the connection ({e}). Fix: export RAY_AUTH_MODE=token and put "
+                f"the cluster's token in ~/.ray/auth_token (or RAY_AUTH_TOKEN_PATH)."
+            ) from None
+        os.environ["RAY_AUTH_MODE"] = "token"
+        log(f"{where} uses token auth: retrying with RAY_AUTH_MODE=token and {_token_file()}")
+        ctx = ray.init(address=address)
     url = getattr(ctx, "dashboard_url", None)
     res = ray.cluster_resources()
     log(
@@ -35,8 +58,10 @@ def init(address: str | None, log: Callable[[str], None]) -> Any:
         f"{res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU"
         + (f"; dashboard http://{url}" if url else "; dashboard not running")
     )
-    if url and os.environ.get("RAY_AUTH_MODE") == "token":
-        log("  (token auth: open the dashboard with the token in ~/.ray/auth_token)")
+    if url and (os.environ.get("RAY_AUTH_MODE") == "token" or os.path.exists(_token_file())):
+        log(
+            f"  the dashboard asks for the token in {_token_file()} (REST: Authorization: Bearer <token>)"
+        )
     return ctx
 
 

@@ -32,6 +32,8 @@ from ranker.panel import Panel
 from ranker.synth import generate
 from ranker.train import TrainConfig, fit, score
 from search import store
+from search.analysis import analyze
+from search.report import write_report
 from search.spec import SearchSpec, from_dict
 from search.stages import read_best, run_stage
 from search.trainable import parse_fault
@@ -237,6 +239,8 @@ def run_final(
         }
         part["costs"] = cost_metrics(d, test.symbol_ids, costs)
         _write_daily(store.join(run_dir, FINAL_DIR, f"{name}_test_daily.npz"), d, test)
+        dv = daily(ds.val.bounds, r["val_scores"], ds.val.returns, k=tc.k)
+        _write_daily(store.join(run_dir, FINAL_DIR, f"{name}_val_daily.npz"), dv, ds.val)
         if test.oracle is not None:
             od = daily(test.bounds, test.oracle, test.returns, k=tc.k)
             part["oracle_test"] = summarize(od)
@@ -278,7 +282,9 @@ def run_final(
         "data": ds.info,
         "costs_model": asdict(costs),
     }
+    summary["overfitting"] = analyze(run_dir, ds.test, tc.k)  # also writes analysis.json
     _write_json(store.join(run_dir, SUMMARY), summary)
+    md, html = write_report(run_dir, analysis=summary["overfitting"])  # reads summary.json
     f = summary_parts["final"]
     log(
         f"[final] val {spec.train.metric} {f['val'][spec.train.metric]:.2f} | test IC sharpe "
@@ -292,6 +298,7 @@ def run_final(
             f"mean IC {b['mean_ic']:+.4f} L/S sharpe {b['ls_sharpe']:.2f}"
         )
     log(f"summary: {store.join(run_dir, SUMMARY)}; checkpoint: {ck_path}")
+    log(f"report: {html} ({md})")
     return summary
 
 

@@ -28,6 +28,7 @@ from matplotlib.colors import Normalize
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import PercentFormatter
 
 from ranker.costs import CostModel, turnover
 from ranker.metrics import ANN, Daily, sharpe
@@ -334,14 +335,19 @@ def val_test_figure(
                         mec="black" if t["selected"] else color,
                         label=f"{si + 1}: {st['stage']}" if j == 0 else None)  # fmt: skip
             tags.setdefault((round(x, 9), round(y, 9)), []).append(tag)
-            xs.append(x)
-            ys.append(y)
+            xs += [x - (xe or 0), x + (xe or 0)]
+            ys += [y - (ye or 0), y + (ye or 0)]
             table.append([tag, st["stage"], _point(t["point"]), "yes" if t["selected"] else "",
                           str(t["n"]), _f(x, metric), _f(y, metric),
                           _f(t["test"]["mean_ic"], "mean_ic"), _f(t["test"]["ls_sharpe"])])  # fmt: skip
-    for (x, y), same in tags.items():
-        ax.annotate(" = ".join(same), (x, y), textcoords="offset points", xytext=(7, -12),
-                    fontsize=9)  # fmt: skip
+    # Alternate the label corners so that neighbouring points do not print on each other.
+    # A thin leader line ties each label to its point.
+    corners = ((12, -18), (12, 12), (-12, 12), (-12, -18))
+    for i, ((x, y), same) in enumerate(tags.items()):
+        dx, dy = corners[i % len(corners)]
+        ax.annotate(" = ".join(same), (x, y), textcoords="offset points", xytext=(dx, dy),
+                    ha="left" if dx > 0 else "right", va="center", fontsize=9,
+                    arrowprops={"arrowstyle": "-", "color": "#888", "lw": 0.7})  # fmt: skip
     if not xs:
         return None
     for name, marker, color in (("final", "*", "black"), ("baseline", "D", "#777")):
@@ -428,6 +434,7 @@ def cumulative_figure(z: dict[str, np.ndarray], costs: CostModel, k: int) -> Fig
         ax.legend(fontsize=9, loc="upper left")
         _date_axis(ax)
     axes[0].set_ylabel("cumulative return (sum of daily returns)")
+    axes[0].yaxis.set_major_formatter(PercentFormatter(1.0))
     fig.suptitle(
         f"Final model on the test set: cumulative returns (costs: spread {costs.spread * 1e4:g} "
         f"bps, impact {costs.impact * 1e4:g} bps each way, borrow {costs.borrow:.1%}/yr; "

@@ -98,6 +98,16 @@ def render(run_dir: str) -> str:
                 *(_fmt(r.get(c, math.nan)) for c in _COLS),
             ])  # fmt: skip
         out.append(_table(header, table))
+        if st.seeds > 1 and best is not None:
+            from search.analysis import point_table
+
+            pts = point_table(run_dir, st.name)
+            out.append("per point, mean ± std over seeds:")
+            out.append(_table(
+                [*keys, "n", *_COLS],
+                [[*(_fmt(p[k]) for k in keys), str(p["n"]),
+                  *(f"{_fmt(p[c])} ± {_fmt(p[c + '_std'])}" for c in _COLS)] for p in pts],
+            ))  # fmt: skip
     summary_path = store.join(run_dir, SUMMARY)
     if store.exists(summary_path):
         s = json.loads(store.read_text(summary_path))

@@ -11,6 +11,9 @@ import tempfile
 
 import pyarrow.fs as pafs
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def is_uri(path: str) -> bool:
     return "://" in path
@@ -44,6 +47,7 @@ def write_bytes(path: str, data: bytes) -> None:
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
         try:
+            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)

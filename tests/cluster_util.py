@@ -76,6 +76,7 @@ class LocalCluster:
             "system_config": system_config or {},
         }
         self.dir: Path | None = None
+        self._stopped = False
         self.info: dict[str, Any] = {}
         self._proc: subprocess.Popen | None = None
         self._lines: queue.Queue[str | None] = queue.Queue()
@@ -130,13 +131,14 @@ class LocalCluster:
             spec["dashboard_port"] = free_port()
         # The head's agent port defaults to 52365, which another Ray on this machine may hold.
         spec["agent_port"] = free_port()
-        log = open(self.dir / "cluster.log", "w")  # noqa: SIM115 - closed when the process ends
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.cluster_util", json.dumps(spec)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT,
-            env=self.env(), start_new_session=True,
-        )  # fmt: skip
-        log.close()
+        with open(self.dir / "cluster.log", "w") as log:
+            # Its own session: a signal meant for pytest doesn't reach the nodes half-way; they
+            # go down through stop() (or when pytest dies and the child's stdin closes).
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.cluster_util", json.dumps(spec)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT,
+                env=self.env(), start_new_session=True,
+            )  # fmt: skip
         threading.Thread(target=self._read, daemon=True).start()
         try:
             self.info = self._reply(timeout)
@@ -177,18 +179,20 @@ class LocalCluster:
         return self._call(op="add", num_cpus=num_cpus)["node_id"]
 
     def stop(self, timeout: float = 60) -> list[str]:
-        """Shut the cluster down; then kill whatever of it is still running.
+        """Shut the cluster down, then kill whatever of it still runs; safe to call twice.
 
         Returns:
             The processes that outlived the shutdown (`pid command`), before they were killed.
         """
         proc, self._proc = self._proc, None
+        if self.dir is None or self._stopped:
+            return []
+        self._stopped = True
         if proc is not None:
-            if proc.stdin is not None:
-                try:
-                    proc.stdin.close()  # EOF: Cluster.shutdown() in the child
-                except OSError:
-                    pass
+            try:
+                proc.stdin.close()  # EOF: Cluster.shutdown() in the child
+            except OSError:
+                pass
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -200,18 +204,16 @@ class LocalCluster:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        out = [f"{pid} {cmd}" for pid, cmd in left.items()]
         if self.leftover(wait=10):
-            raise RuntimeError(f"cluster processes survive SIGKILL: {self.leftover()}")
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-        return out
+            raise RuntimeError(f"processes of the cluster survive SIGKILL: {self.leftover()}")
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return [f"{pid} {cmd}" for pid, cmd in left.items()]
 
     def leftover(self, wait: float = 0) -> dict[int, str]:
         """This cluster's processes still alive (by the marker in their environment)."""
         deadline = time.time() + wait
         while True:
-            found = _marked(str(self.dir))
+            found = _marked(str(self.dir)) if self.dir else {}
             if not found or time.time() >= deadline:
                 return found
             time.sleep(0.2)
@@ -225,20 +227,17 @@ class LocalCluster:
 
 def _marked(value: str) -> dict[int, str]:
     """pid -> command line of this user's processes whose environment has MARKER=value."""
-    needle = f"{MARKER}={value}".encode() + b"\0"
+    needle = f"\0{MARKER}={value}\0".encode()
     found = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
+        if not entry.isdigit():
             continue
-        try:
+        try:  # other users' processes and ones that just ended can't be read: not ours
             with open(f"/proc/{entry}/environ", "rb") as f:
-                if needle not in f.read() + b"\0":
+                if needle not in b"\0" + f.read() + b"\0":
                     continue
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-            with open(f"/proc/{entry}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    continue  # a zombie has ended; its parent just hasn't reaped it yet
         except OSError:
             continue
         found[int(entry)] = cmd[:200]

@@ -37,7 +37,9 @@ def ray_local():
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 * 2**20)
+        # address="local": always a private Ray, even if a `ray start` cluster runs here.
+        ray.init(address="local", num_cpus=2, include_dashboard=False,
+                 object_store_memory=300 * 2**20)  # fmt: skip
     yield ray
     ray.shutdown()
 
@@ -59,4 +61,19 @@ def smoke_run(tiny_market: Path, ray_local, tmp_path_factory: pytest.TempPathFac
     lines: list[str] = []
     driver.run(smoke_spec(tiny_market), str(run_dir), log=lines.append)
     (run_dir / "driver.log").write_text("\n".join(lines))
+    return run_dir
+
+
+GRID = {"stages.architecture.grid": "{latent_scale: [0.5, 1.0], news_alpha: [0.6, 1.0]}",
+        "stages.architecture.seeds": "2"}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def grid_run(tiny_market: Path, ray_local, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Stage 'architecture' alone on a 2 x 2 grid with 2 seeds (8 trials), no final model."""
+    from search import driver
+
+    run_dir = tmp_path_factory.mktemp("runs") / "grid"
+    driver.run(smoke_spec(tiny_market, **GRID), str(run_dir), stop_after="architecture",
+               log=lambda _: None)  # fmt: skip
     return run_dir

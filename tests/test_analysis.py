@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from pathlib import Path
 
@@ -26,30 +27,8 @@ from search.analysis import (
     trial_series,
 )
 from search.stages import read_best
-from tests.conftest import smoke_spec
 
 STAGES = ["architecture", "training", "dropout"]
-GRID = {
-    "stages.architecture.grid": "{latent_scale: [0.5, 1.0], news_alpha: [0.6, 1.0]}",
-    "stages.architecture.seeds": "2",
-}
-_GRID_RUN: list[Path] = []
-
-
-@pytest.fixture(scope="session")
-def grid_run(tiny_market, ray_local, tmp_path_factory) -> Path:
-    """Stage 'architecture' alone on a 2 x 2 grid with 2 seeds (8 trials), no final model.
-
-    Also used by test_report.py; the module-level cache keeps it to one run per session.
-    """
-    if not _GRID_RUN:
-        from search import driver
-
-        run_dir = tmp_path_factory.mktemp("runs") / "grid"
-        spec = smoke_spec(tiny_market, **GRID)
-        driver.run(spec, str(run_dir), stop_after="architecture", log=lambda _: None)
-        _GRID_RUN.append(run_dir)
-    return _GRID_RUN[0]
 
 
 def _csv(run_dir: Path, stage: str) -> list[dict[str, str]]:
@@ -139,7 +118,7 @@ def test_selected_dsr_deflates_by_every_trial_so_far(smoke_run: Path):
     ic, var = series[sel]["ic"], r["sharpe_variance"]
     dsrs = [deflated_sharpe_ratio(ic, n, sharpe_variance=var)["dsr"] for n in (1, 2, 4, 16, 256)]
     assert dsrs[0] == pytest.approx(r["psr"], abs=1e-12)
-    assert all(x > y for x, y in zip(dsrs, dsrs[1:], strict=False)), dsrs
+    assert all(x > y for x, y in itertools.pairwise(dsrs)), dsrs
 
 
 def test_selected_dsr_rejects_an_unknown_trial(smoke_run: Path):

@@ -158,10 +158,11 @@ def test_launcher_config(path: Path) -> None:
         if provider["type"] == "gcp":
             assert node.get("guestAccelerators"), f"{where}: {name} has no guestAccelerators"
             # The Compute API wants an object; a list (as in some Ray examples) is rejected.
-            assert node.get("scheduling") == {"onHostMaintenance": "TERMINATE"} or (
-                isinstance(node.get("scheduling"), dict)
-                and node["scheduling"].get("onHostMaintenance") == "TERMINATE"
-            ), f"{where}: GPU node {name} needs scheduling: {{onHostMaintenance: TERMINATE}}"
+            sched = node.get("scheduling")
+            assert isinstance(sched, dict) and sched.get("onHostMaintenance") == "TERMINATE", (
+                f"{where}: GPU node {name} needs scheduling: {{onHostMaintenance: TERMINATE}}, "
+                f"got {sched!r}"
+            )
 
     docker = cfg.get("docker") or {}
     for key in ("head_image", "worker_image"):
@@ -325,7 +326,10 @@ def test_local_sh_is_valid_bash() -> None:
     script = CLUSTER / "local.sh"
     res = subprocess.run([bash, "-n", str(script)], capture_output=True, text=True, check=False)
     assert res.returncode == 0, f"bash -n cluster/local.sh: {res.stderr}"
-    assert "set -euo pipefail" in script.read_text()
+    text = script.read_text()
+    assert "set -euo pipefail" in text
+    # Ray 2.60: `ray start --head` never makes a token, and every node and client needs the mode.
+    assert "export RAY_AUTH_MODE=" in text and "ray get-auth-token --generate" in text
     # Without a command it prints its usage and exits 2, before touching Ray.
     res = subprocess.run([bash, str(script)], capture_output=True, text=True, check=False)
     assert res.returncode == 2, res.stdout + res.stderr

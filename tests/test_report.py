@@ -18,9 +18,10 @@ from ranker.metrics import ANN
 from search.analysis import analyze, point_table
 from search.report import grid_figure, net_series, write_report
 from search.spec import StageSpec
-from tests.test_analysis import grid_run  # noqa: F401  (a session fixture, run once)
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM = next(
+    filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None
+)
 # Writes the number of images, and of images that failed to decode, into the DOM on load.
 IMG_CHECK = """<script>
 window.addEventListener("load", function () {
@@ -115,8 +116,8 @@ def test_net_series_match_the_driver_cost_metrics(smoke_run: Path):
             assert got == pytest.approx(costs[f"{prefix}{book}_net_return"], rel=1e-9, abs=1e-12)
 
 
-def test_report_of_a_replicated_two_key_stage(grid_run: Path):  # noqa: F811
-    md, html = write_report(str(grid_run))
+def test_report_of_a_replicated_two_key_stage(grid_run: Path):
+    md, _ = write_report(str(grid_run))
     text = Path(md).read_text()
     assert "## Stage architecture" in text and "(mean ± std)" in text
     assert "Final model on the test set" not in text, "no final model on a partial run"

@@ -1,0 +1,229 @@
+"""The search on a real multi-node Ray cluster on this machine: trials spread over two nodes, a
+run submitted through the Jobs REST API with token auth, a worker node killed mid-stage.
+
+Each cluster is `ray.cluster_utils.Cluster` nodes held by a child process (tests/cluster_util.py
+says why), and each search runs as the `liquid-search` driver in a process of its own, connected
+with `--address` (or started by the job manager): this pytest process never connects to these
+clusters, so the session's `ray_local` (if the other tests started it) is neither disturbed nor in
+the way. Run them alone with `pytest -m cluster`; about 3 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from search.stages import read_best, read_results
+from tests.cluster_util import LocalCluster
+from tests.conftest import SMOKE
+
+pytestmark = pytest.mark.cluster
+
+STAGES = ["architecture", "training", "dropout"]
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+@pytest.fixture
+def make_cluster() -> Iterator[Callable[..., LocalCluster]]:
+    """Start clusters with LocalCluster's arguments; every one is stopped, pass or fail."""
+    started: list[LocalCluster] = []
+
+    def make(**kwargs: Any) -> LocalCluster:
+        cluster = LocalCluster(**kwargs)
+        started.append(cluster)
+        return cluster.start()
+
+    yield make
+    for cluster in started:
+        cluster.stop()
+
+
+def _search(cluster: LocalCluster, storage: Path, name: str, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "search.cli", "run", "--address", cluster.address,
+            "--config", str(SMOKE), "--storage", str(storage), "--name", name,
+            *overrides]  # fmt: skip
+
+
+def _ray_daemons(tag: str) -> list[str]:
+    """`ps` lines of raylet / gcs_server processes whose arguments mention `tag`."""
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True)
+    return [ln for ln in ps.stdout.splitlines()
+            if tag in ln and ("raylet/raylet" in ln or "gcs/gcs_server" in ln)]  # fmt: skip
+
+
+def _stop_clean(cluster: LocalCluster) -> None:
+    """Stop the cluster and check that none of its processes outlived the shutdown."""
+    tag = str(cluster.dir)  # in every raylet's and GCS's arguments (their session directory)
+    running = _ray_daemons(tag)
+    assert any("gcs_server" in ln for ln in running) and any("raylet" in ln for ln in running), (
+        f"the check finds nothing even while the cluster runs: {running}"
+    )
+    assert cluster.stop() == [], "processes outlived Cluster.shutdown() and had to be killed"
+    assert _ray_daemons(tag) == []
+
+
+def test_trials_spread_over_two_nodes(make_cluster, tiny_market, tmp_path):
+    """Head and worker advertise one CPU each, so the two trials of a stage must use both; the
+    worker reads the Panels from its own object store (copied there by Ray), zero-copy."""
+    cluster = make_cluster(head_cpus=1, worker_cpus=(1,), object_store_mb=250)
+    head, (worker,) = cluster.info["head"], cluster.info["workers"]
+    run_dir = tmp_path / "runs" / "two"
+    r = subprocess.run(_search(cluster, tmp_path / "runs", "two", f"data.source={tiny_market}"),
+                       capture_output=True, text=True, env=cluster.env(), timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+    nodes = set()
+    for st in STAGES:
+        rows = read_results(str(run_dir), st)
+        assert len(rows) == 2 and all(x["status"] == "TERMINATED" for x in rows), rows
+        assert all(x["data_zero_copy"] == "True" for x in rows), (
+            f"[{st}] every trial, on either node, must read the object store's copy: "
+            f"{[(x['node_id'][:8], x['data_zero_copy']) for x in rows]}"
+        )
+        nodes |= {x["node_id"] for x in rows}
+    assert nodes == {head, worker}, f"trials ran on {nodes}; the cluster is {head=} {worker=}"
+    for f in ("spec.yaml", "run.json", "summary.json", "final/model.pt"):
+        assert (run_dir / f).is_file(), f
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [s["stage"] for s in summary["stages"]] == STAGES
+    _stop_clean(cluster)
+
+
+def _api(cluster: LocalCluster, method: str, path: str, body: Any = None,
+         token: str | None = "cluster") -> tuple[int, Any]:  # fmt: skip
+    """One Jobs REST API call; token "cluster" sends the cluster's, None sends no header."""
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {cluster.token if token == 'cluster' else token}"
+    req = urllib.request.Request(
+        cluster.dashboard_url + path, method=method, headers=headers,
+        data=None if body is None else json.dumps(body).encode(),
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+
+
+def test_job_submitted_through_the_rest_api(make_cluster, tiny_market, tmp_path):
+    """POST /api/jobs/ with the bearer token, follow the job to SUCCEEDED, read its logs."""
+    cluster = make_cluster(head_cpus=2, worker_cpus=(), dashboard=True)
+
+    # Token auth is on (as Ray 2.59+ does for local clusters): no header 401, a wrong one 403,
+    # and a refused submission creates no job.
+    status, text = _api(cluster, "GET", "/api/jobs/", token=None)
+    assert status == 401, (status, text)
+    status, text = _api(cluster, "GET", "/api/jobs/", token="0" * 64)
+    assert status == 403, (status, text)
+    status, text = _api(cluster, "POST", "/api/jobs/", {"entrypoint": "true"}, token=None)
+    assert status == 401, (status, text)
+    assert _api(cluster, "GET", "/api/jobs/") == (200, [])
+
+    # runtime_env {}: every node is this machine, where the package is installed and the venv's
+    # bin is on the cluster's PATH; the driver starts in the cluster's working directory (the
+    # repo root), so the relative config path resolves. On a real cluster the repo would travel
+    # as a working_dir, which over raw REST must first be uploaded to /api/packages/ (what
+    # `ray job submit --working-dir .` does for you).
+    storage = tmp_path / "runs"
+    entrypoint = (f"liquid-search run --config configs/smoke.yaml --storage {storage} "
+                  f"--name job data.source={tiny_market}")  # fmt: skip
+    status, out = _api(cluster, "POST", "/api/jobs/", {"entrypoint": entrypoint, "runtime_env": {}})
+    assert status == 200, out
+    sid = out["submission_id"]
+
+    deadline = time.time() + 300
+    while True:
+        status, job = _api(cluster, "GET", f"/api/jobs/{sid}")
+        assert status == 200, job
+        if job["status"] in TERMINAL or time.time() > deadline:
+            break
+        time.sleep(1)
+    status, logs = _api(cluster, "GET", f"/api/jobs/{sid}/logs")
+    assert status == 200, logs
+    logs = logs["logs"]
+    assert job["status"] == "SUCCEEDED", f"{job['status']}: {job.get('message')}\n{logs[-3000:]}"
+    assert job["driver_exit_code"] == 0 and job["entrypoint"] == entrypoint
+
+    per_trial = re.findall(r"^\[(\w+)\s+\d+/2\] ", logs, flags=re.M)
+    assert sorted(per_trial) == sorted(STAGES * 2), logs[-3000:]
+    assert f"summary: {storage / 'job' / 'summary.json'}" in logs
+    assert (storage / "job" / "final" / "model.pt").is_file()
+    _stop_clean(cluster)
+
+
+def _last_results(stage_dir: Path) -> dict[str, dict[str, Any]]:
+    """Each trial's latest result.json line, by trial directory name."""
+    out = {}
+    for path in stage_dir.glob("*/result.json"):
+        for line in path.read_text().splitlines():
+            try:
+                out[path.parent.name] = json.loads(line)
+            except json.JSONDecodeError:
+                pass  # the line Tune is writing right now
+    return out
+
+
+def test_worker_node_killed_mid_stage(make_cluster, tiny_market, tmp_path):
+    """SIGKILL every process of the worker node while one of its trials is half-way; Tune retries
+    that trial from its last checkpoint elsewhere and the run completes."""
+    cluster = make_cluster(head_cpus=1, worker_cpus=(1,), object_store_mb=250)
+    worker = cluster.info["workers"][0]
+    epochs = 6
+    # Small batches make an epoch take a fraction of a second, so a trial seen at epoch 1 still
+    # has seconds to go when the node dies. The storage is a local path: fine here, since every
+    # node is on this machine (Tune needs it reachable from all of them; check_storage passes
+    # because the nodes share one IP).
+    args = _search(cluster, tmp_path / "runs", "kill", f"data.source={tiny_market}",
+                   "stages.architecture.grid={latent_scale: [0.5, 1.0], news_alpha: [0.6, 0.8, 1.0]}",
+                   f"train.epochs={epochs}", "train.eval_every=1", "train.batch_size=4",
+                   "max_failures=3")  # fmt: skip
+    run_dir = tmp_path / "runs" / "kill"
+    stage_dir = run_dir / "architecture"
+    log_path = tmp_path / "driver.log"
+    with open(log_path, "w") as log:
+        driver = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=cluster.env(),
+                                  start_new_session=True)  # fmt: skip
+    try:
+        victim = None
+        deadline = time.time() + 180
+        while victim is None:
+            assert driver.poll() is None, log_path.read_text()[-3000:]
+            assert time.time() < deadline, "no trial reported from the worker node in time"
+            for name, res in _last_results(stage_dir).items():
+                # It has a checkpoint (one comes with every evaluation) and epochs still to run.
+                if res.get("node_id") == worker and 1 <= res["epoch"] <= epochs - 2:
+                    victim = name
+            time.sleep(0.05)
+        cluster.kill_worker(worker)
+        cluster.add_worker(num_cpus=1)  # a replacement, as an autoscaler would start
+        driver.wait(timeout=300)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    out = log_path.read_text()
+    assert driver.returncode == 0, out[-4000:]
+
+    rows = {Path(r["path"]).name: r for r in read_results(str(run_dir), "architecture")}
+    assert len(rows) == 6 and all(r["status"] == "TERMINATED" for r in rows.values()), rows
+    v = rows[victim]
+    assert int(v["restored"]) >= 1, f"{victim} was not resumed from its checkpoint: {v}"
+    assert v["node_id"] != worker and int(v["epochs"]) == epochs, v
+    assert all(r["data_zero_copy"] == "True" for r in rows.values())
+    best = read_best(str(run_dir), "architecture")
+    assert best is not None and best["trials"] == 6 and best["errors"] == 0
+    assert (run_dir / "summary.json").is_file() and (run_dir / "final" / "model.pt").is_file()
+    _stop_clean(cluster)
