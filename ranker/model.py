@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -56,11 +57,45 @@ class ModelConfig:
         return cls(**d)
 
 
-def _encoder(n_in: int, hidden: int, latent: int, dropout: float) -> nn.Sequential:
+class Dropout(nn.Module):
+    """Inverted dropout (as nn.Dropout) whose CPU masks come from numpy's PCG64.
+
+    Same semantics as nn.Dropout: in training each unit is kept with probability 1 - p and
+    scaled by 1 / (1 - p); in eval it is the identity. torch's CPU Bernoulli sampler spends
+    about as long drawing the masks as the matmuls of this model take, so on the CPU the mask is
+    drawn as 16-bit random integers from a numpy Generator (p is exact to 1/65536). On a GPU
+    torch's own dropout is used. The generator is shared by every Dropout of a model and
+    reseeded by `MultiBranchRanker.seed_dropout`, so training stays reproducible.
+    """
+
+    def __init__(self, p: float, rng: list[np.random.Generator]) -> None:
+        super().__init__()
+        self.p = p
+        self._rng = rng  # a one-element list shared across the model's Dropouts
+        self._threshold = round(p * 65536)
+        self._scale = np.float32(1.0 / (1.0 - p))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if x.device.type != "cpu":
+            return nn.functional.dropout(x, self.p, True)
+        bits = np.frombuffer(self._rng[0].bytes(2 * x.numel()), dtype=np.uint16)
+        # One numpy pass from random bits to the scaled float mask: keep / (1 - p) or 0.
+        mask = np.multiply(bits >= self._threshold, self._scale, dtype=np.float32)
+        return x * torch.from_numpy(mask).view(x.shape)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def _encoder(
+    n_in: int, hidden: int, latent: int, dropout: float, rng: list[np.random.Generator]
+) -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(n_in, hidden),
         nn.ReLU(),
-        nn.Dropout(dropout),
+        Dropout(dropout, rng),
         nn.Linear(hidden, latent),
         nn.ReLU(),
     )
@@ -73,22 +108,28 @@ class MultiBranchRanker(nn.Module):
         super().__init__()
         self.config = config
         c = config
+        self._rng = [np.random.default_rng(0)]
         self.fund_encoder = _encoder(
-            c.n_fundamental_features, c.fund_hidden, c.fundamental_latent, c.fundamental_dropout
-        )
+            c.n_fundamental_features, c.fund_hidden, c.fundamental_latent,
+            c.fundamental_dropout, self._rng,
+        )  # fmt: skip
         self.price_encoder = _encoder(
-            c.n_price_features, c.price_hidden, c.price_latent, c.price_dropout
+            c.n_price_features, c.price_hidden, c.price_latent, c.price_dropout, self._rng
         )
         self.news_encoder = _encoder(
-            c.n_embedding_dim, c.news_hidden, c.news_latent, c.news_dropout
+            c.n_embedding_dim, c.news_hidden, c.news_latent, c.news_dropout, self._rng
         )
         fused = c.fundamental_latent + c.price_latent + c.news_latent
         self.output_head = nn.Sequential(
             nn.Linear(fused, HEAD_HIDDEN),
             nn.ReLU(),
-            nn.Dropout(HEAD_DROPOUT),
+            Dropout(HEAD_DROPOUT, self._rng),
             nn.Linear(HEAD_HIDDEN, 1),
         )
+
+    def seed_dropout(self, seed: Any) -> None:
+        """Reseed the dropout masks (anything np.random.default_rng takes)."""
+        self._rng[0] = np.random.default_rng(seed)
 
     def forward(self, price: torch.Tensor, fund: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         c = self.config

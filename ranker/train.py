@@ -198,7 +198,8 @@ def fit(
     t0 = time.perf_counter() - elapsed
     for epoch in range(start_epoch, tc.epochs):
         rng = np.random.default_rng([tc.seed, epoch])
-        torch.manual_seed(tc.seed * 1_000_003 + epoch + 1)
+        torch.manual_seed(tc.seed * 1_000_003 + epoch + 1)  # dropout masks on a GPU
+        model.seed_dropout([tc.seed, epoch, 1])  # dropout masks on the CPU
         i, j, label = sample_pairs(train.bounds, train.returns, rng)
         ij = torch.from_numpy(np.stack([i, j])).to(device)  # (2, P)
         target = torch.from_numpy(label * (1 - smooth) + 0.5 * smooth).to(device)

@@ -58,7 +58,7 @@ def _search(cluster: LocalCluster, storage: Path, name: str, *overrides: str) ->
 
 def _ray_daemons(tag: str) -> list[str]:
     """`ps` lines of raylet / gcs_server processes whose arguments mention `tag`."""
-    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True)
+    ps = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True, check=True)
     return [ln for ln in ps.stdout.splitlines()
             if tag in ln and ("raylet/raylet" in ln or "gcs/gcs_server" in ln)]  # fmt: skip
 
@@ -159,7 +159,7 @@ def test_job_submitted_through_the_rest_api(make_cluster, tiny_market, tmp_path)
 
     per_trial = re.findall(r"^\[(\w+)\s+\d+/2\] ", logs, flags=re.M)
     assert sorted(per_trial) == sorted(STAGES * 2), logs[-3000:]
-    assert f"summary: {storage / 'job' / 'summary.json'}" in logs
+    assert "summary:" in logs and (storage / "job" / "summary.json").is_file()
     assert (storage / "job" / "final" / "model.pt").is_file()
     _stop_clean(cluster)
 
