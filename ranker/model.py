@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 HEAD_HIDDEN = 32
@@ -57,33 +58,36 @@ class ModelConfig:
         return cls(**d)
 
 
+def keep_mask(rng: np.random.Generator, n: int, p: float) -> np.ndarray:
+    """(n,) float32 inverted-dropout mask: 1 / (1 - p) with probability 1 - p, else 0.
+
+    Drawn as 16-bit integers (p is exact to 1/65536) from the generator's raw 64-bit output, one
+    numpy pass: torch's CPU Bernoulli sampler spends about as long as this model's matmuls.
+    """
+    bits = rng.bit_generator.random_raw((n + 3) // 4).view(np.uint16)[:n]
+    return np.multiply(bits >= round(p * 65536), np.float32(1 / (1 - p)), dtype=np.float32)
+
+
 class Dropout(nn.Module):
-    """Inverted dropout (as nn.Dropout) whose CPU masks come from numpy's PCG64.
+    """Inverted dropout (as nn.Dropout) whose CPU masks come from numpy's PCG64 (`keep_mask`).
 
     Same semantics as nn.Dropout: in training each unit is kept with probability 1 - p and
-    scaled by 1 / (1 - p); in eval it is the identity. torch's CPU Bernoulli sampler spends
-    about as long drawing the masks as the matmuls of this model take, so on the CPU the mask is
-    drawn as 16-bit random integers from a numpy Generator (p is exact to 1/65536). On a GPU
-    torch's own dropout is used. The generator is shared by every Dropout of a model and
-    reseeded by `MultiBranchRanker.seed_dropout`, so training stays reproducible.
+    scaled by 1 / (1 - p); in eval it is the identity. On a GPU torch's own dropout is used. The
+    generator is shared by every Dropout of a model and reseeded by
+    `MultiBranchRanker.seed_dropout`, so training stays reproducible.
     """
 
     def __init__(self, p: float, rng: list[np.random.Generator]) -> None:
         super().__init__()
         self.p = p
         self._rng = rng  # a one-element list shared across the model's Dropouts
-        self._threshold = round(p * 65536)
-        self._scale = np.float32(1.0 / (1.0 - p))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
         if x.device.type != "cpu":
             return nn.functional.dropout(x, self.p, True)
-        bits = np.frombuffer(self._rng[0].bytes(2 * x.numel()), dtype=np.uint16)
-        # One numpy pass from random bits to the scaled float mask: keep / (1 - p) or 0.
-        mask = np.multiply(bits >= self._threshold, self._scale, dtype=np.float32)
-        return x * torch.from_numpy(mask).view(x.shape)
+        return x * torch.from_numpy(keep_mask(self._rng[0], x.numel(), self.p)).view(x.shape)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -162,6 +166,111 @@ class MultiBranchRanker(nn.Module):
         s = self.forward(price, fund, emb)  # (2B,)
         b = s.shape[0] // 2
         return s[:b] - s[b:]  # (B,)
+
+    def pair_loss(
+        self, price: torch.Tensor, fund: torch.Tensor, emb: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean BCE-with-logits of `pair_logits` against the (smoothed) targets, a 0-dim tensor."""
+        return F.binary_cross_entropy_with_logits(self.pair_logits(price, fund, emb), target)
+
+    def pair_loss_backward(
+        self, price: torch.Tensor, fund: torch.Tensor, emb: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
+        """`pair_loss(...).backward()`: accumulates the gradients into .grad, returns the loss.
+
+        Training on the CPU, forward and backward run in `_fused_loss_and_grads` instead: the
+        same arithmetic, hand-written, without autograd. The returned loss carries no graph.
+        """
+        if self.training and emb.device.type == "cpu" and self.config.news_alpha > 0:
+            loss, grads = _fused_loss_and_grads(self, price, fund, emb, target)
+            for p, g in zip(_fused_params(self), grads, strict=True):
+                if p.grad is None:
+                    p.grad = g
+                else:
+                    p.grad += g
+            return loss
+        loss = self.pair_loss(price, fund, emb, target)
+        loss.backward()
+        return loss.detach()
+
+
+def _fused_params(model: MultiBranchRanker) -> list[nn.Parameter]:
+    """Weight and bias of every Linear in `_fused_loss_and_grads`'s order: fund, price, news,
+    head."""
+    seqs = (model.fund_encoder, model.price_encoder, model.news_encoder, model.output_head)
+    return [t for seq in seqs for i in (0, 3) for t in (seq[i].weight, seq[i].bias)]
+
+
+@torch.no_grad()
+def _fused_loss_and_grads(
+    model: MultiBranchRanker,
+    price: torch.Tensor,
+    fund: torch.Tensor,
+    emb: torch.Tensor,
+    target: torch.Tensor,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """`pair_loss` in training and the gradient of every parameter (`_fused_params` order).
+
+    At 1,024 rows a step, the module path's ~40 small ops and autograd nodes each way cost about
+    as much as all its matmuls but the news encoder's first. Here ReLU and dropout are one
+    multiply and one in-place clamp, the encoders write their latents straight into the head's
+    input, news_alpha is folded into the news latent's matmul (relu(a z) = a relu(z), a > 0), and
+    each gradient is one op (none for the inputs). The masks are drawn from the model's
+    generator in the modules' order (fund, price, news, head), so after the same `seed_dropout`
+    both paths drop the same units; tests/test_fused.py checks the loss and every gradient
+    against autograd through the modules.
+    """
+    c, rng = model.config, model._rng[0]
+    rows, pairs = emb.shape[0], target.shape[0]
+    assert rows == 2 * pairs, f"{rows} rows for {pairs} pairs: expected the i's, then the j's"
+    params = _fused_params(model)
+    branches = (  # input, dropout, latent scale, latent width
+        (fund, c.fundamental_dropout, 1.0, c.fundamental_latent),
+        (price, c.price_dropout, 1.0, c.price_latent),
+        (emb, c.news_dropout, c.news_alpha, c.news_latent),
+    )
+    fused = torch.empty(rows, sum(b[3] for b in branches))  # (2B, fused): the head's input
+    hidden, start = [], 0
+    for k, (x, p, alpha, width) in zip((0, 4, 8), branches, strict=True):
+        w1, b1, w2, b2 = params[k : k + 4]
+        h = torch.addmm(b1, x, w1.t())  # (2B, in) -> (2B, hidden)
+        if p > 0:
+            h.mul_(torch.from_numpy(keep_mask(rng, h.numel(), p)).view(h.shape))
+        h.relu_()  # relu(a) * mask == relu(a * mask): the mask is >= 0
+        out = fused[:, start : start + width]  # (2B, hidden) -> (2B, latent), in place
+        torch.addmm(b2, h, w2.t(), beta=alpha, alpha=alpha, out=out).relu_()
+        hidden.append(h)
+        start += width
+    w1, b1, w2, b2 = params[12:16]
+    head = torch.addmm(b1, fused, w1.t())  # (2B, fused) -> (2B, 32)
+    head.mul_(torch.from_numpy(keep_mask(rng, head.numel(), HEAD_DROPOUT)).view(head.shape))
+    head.relu_()
+    s = torch.addmm(b2, head, w2.t())  # (2B, 1)
+    diff = s[:pairs] - s[pairs:]  # (B, 1): the logit of P(i beats j)
+    loss = F.binary_cross_entropy_with_logits(diff.view(pairs), target)
+
+    grads: list[torch.Tensor] = [torch.empty(0)] * len(params)
+    relu_grad = torch.ops.aten.threshold_backward  # (g, y, 0): g where y > 0, else 0
+    # d loss / d diff = (sigmoid(diff) - target) / B: s_i gets it, s_j its negative.
+    g = torch.sigmoid(diff).sub_(target.view(pairs, 1)).div_(pairs)  # (B, 1)
+    g_s = torch.cat((g, g.neg()))  # (2B, 1)
+    grads[14], grads[15] = g_s.t().mm(head), g_s.sum(0)
+    g_h = relu_grad(g_s * w2, head, 0).mul_(1 / (1 - HEAD_DROPOUT))  # (2B, 32)
+    grads[12], grads[13] = g_h.t().mm(fused), g_h.sum(0)
+    g_fused = g_h.mm(w1)  # (2B, fused)
+    start = 0
+    for k, (x, p, alpha, width), h in zip((0, 4, 8), branches, hidden, strict=True):
+        cols = slice(start, start + width)
+        g_z = relu_grad(g_fused[:, cols], fused[:, cols], 0)  # (2B, latent)
+        if alpha != 1:
+            g_z.mul_(alpha)
+        grads[k + 2], grads[k + 3] = g_z.t().mm(h), g_z.sum(0)
+        g_a = relu_grad(g_z.mm(params[k + 2]), h, 0)  # (2B, hidden)
+        if p > 0:
+            g_a.mul_(1 / (1 - p))
+        grads[k], grads[k + 1] = g_a.t().mm(x), g_a.sum(0)
+        start += width
+    return loss, grads
 
 
 def count_parameters(model: nn.Module) -> int:

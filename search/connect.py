@@ -22,6 +22,28 @@ def _token_file() -> str:
     return os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
 
 
+def _use_token_auth() -> None:
+    """Token mode for this process. Ray reads RAY_AUTH_MODE into a cached config when it is
+    imported, so setting the variable alone goes unseen; Ray's own switch
+    (`authentication_token_setup._enable_token_auth`) re-initialises the config the same way."""
+    from ray._raylet import Config
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    Config.initialize("")
+
+
+def _auth_refused(e: BaseException | None) -> bool:
+    """Whether ray.init failed because the cluster wants a token. Ray 2.60 raises it, after ~20 s
+    of retries, as ConnectionError <- RuntimeError whose text holds the AuthenticationError."""
+    from ray.exceptions import AuthenticationError
+
+    while e is not None:
+        if isinstance(e, AuthenticationError) or "InvalidAuthToken" in str(e):
+            return True
+        e = e.__cause__
+    return False
+
+
 def init(address: str | None, log: Callable[[str], None]) -> Any:
     """ray.init for the CLI. Inside a Ray job (or with RAY_ADDRESS set) a bare ray.init() joins
     that cluster; `--address auto|ray://host:10001|host:6379` joins an existing one; otherwise a
@@ -36,19 +58,21 @@ def init(address: str | None, log: Callable[[str], None]) -> Any:
 
     if address:
         where = f"the cluster at {address}"
-    elif in_ray_job() or os.environ.get("RAY_ADDRESS"):
+    elif in_ray_job() or os.environ.get("RAY_ADDRESS", "local") != "local":
         where = "the cluster of this Ray job"
     else:
         where = "a local Ray on this machine"
     try:
         ctx = ray.init(address=address)
-    except AuthenticationError as e:
+    except (AuthenticationError, ConnectionError) as e:
+        if not _auth_refused(e):
+            raise
         if os.environ.get("RAY_AUTH_MODE") or not os.path.exists(_token_file()):
             raise SystemExit(
                 f"{where} refused the connection ({e}). Fix: export RAY_AUTH_MODE=token and put "
                 f"the cluster's token in ~/.ray/auth_token (or RAY_AUTH_TOKEN_PATH)."
             ) from None
-        os.environ["RAY_AUTH_MODE"] = "token"
+        _use_token_auth()
         log(f"{where} uses token auth: retrying with RAY_AUTH_MODE=token and {_token_file()}")
         ctx = ray.init(address=address)
     url = getattr(ctx, "dashboard_url", None)

@@ -167,6 +167,11 @@ def collect(
     """One row per trial from a ResultGrid, in grid order."""
     rows = []
     for result in grid:
+        if result.config is None:  # a trial that never started (its actor could not be placed)
+            raise StageFailed(
+                f"stage {stage.name!r}: a trial never started ({result.error}). Check that the "
+                f"cluster can place a trial's resources ({spec.resources}) and reach the storage."
+            )
         cfg = dict(result.config)
         m = result.metrics or {}
         _, tc, point = trial_configs(spec, base_model, base_train, cfg)

@@ -1,11 +1,12 @@
 """The search on a real multi-node Ray cluster on this machine: trials spread over two nodes, a
-run submitted through the Jobs REST API with token auth, a worker node killed mid-stage.
+run submitted through the Jobs REST API, a driver joining a token-auth cluster, a worker node
+killed mid-stage.
 
 Each cluster is `ray.cluster_utils.Cluster` nodes held by a child process (tests/cluster_util.py
 says why), and each search runs as the `liquid-search` driver in a process of its own, connected
 with `--address` (or started by the job manager): this pytest process never connects to these
 clusters, so the session's `ray_local` (if the other tests started it) is neither disturbed nor in
-the way. Run them alone with `pytest -m cluster`; about 3 minutes on 2 cores.
+the way. Run them alone with `pytest -m cluster`; 2-4 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ def _search(cluster: LocalCluster, storage: Path, name: str, *overrides: str) ->
 
 def _ray_daemons(tag: str) -> list[str]:
     """`ps` lines of raylet / gcs_server processes whose arguments mention `tag`."""
-    ps = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True, check=True)
+    ps = subprocess.run(
+        ["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True, check=True
+    )
     return [ln for ln in ps.stdout.splitlines()
             if tag in ln and ("raylet/raylet" in ln or "gcs/gcs_server" in ln)]  # fmt: skip
 
@@ -161,6 +164,42 @@ def test_job_submitted_through_the_rest_api(make_cluster, tiny_market, tmp_path)
     assert sorted(per_trial) == sorted(STAGES * 2), logs[-3000:]
     assert "summary:" in logs and (storage / "job" / "summary.json").is_file()
     assert (storage / "job" / "final" / "model.pt").is_file()
+    _stop_clean(cluster)
+
+
+def test_driver_without_auth_mode_on_a_token_cluster(make_cluster):
+    """`--address` to a token-auth cluster from a shell that has the token but never exported
+    RAY_AUTH_MODE: connect.init retries in token mode; with RAY_AUTH_MODE=disabled it stops with
+    the fix instead of a traceback. (Ray refuses only after ~20 s of retries; both run at once.)"""
+    cluster = make_cluster(head_cpus=1, worker_cpus=())
+    probe = (
+        "import sys; from search import connect; connect.init(sys.argv[1], print); "
+        "print('joined', len(connect.alive_nodes()), 'node(s)')"
+    )
+    procs = {}
+    for mode in ("unset", "disabled"):
+        env = cluster.env()  # the token stays readable through RAY_AUTH_TOKEN_PATH
+        del env["RAY_AUTH_MODE"]
+        if mode == "disabled":
+            env["RAY_AUTH_MODE"] = "disabled"
+        procs[mode] = subprocess.Popen(
+            [sys.executable, "-c", probe, cluster.address], env=env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        )  # fmt: skip
+    out = {}
+    try:
+        for mode, p in procs.items():
+            out[mode] = p.communicate(timeout=150)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    stdout, stderr = out["unset"]
+    assert procs["unset"].returncode == 0 and "joined 1 node(s)" in stdout, stdout + stderr[-3000:]
+    stdout, stderr = out["disabled"]
+    assert procs["disabled"].returncode != 0
+    assert "Traceback" not in stderr and "RAY_AUTH_MODE=token" in stderr, stderr[-3000:]
     _stop_clean(cluster)
 
 

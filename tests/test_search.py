@@ -144,7 +144,8 @@ def test_sigkill_mid_stage_then_resume(tiny_market, tmp_path):
     """Kill the driver (and its local Ray) with SIGKILL mid-stage; `resume` finishes the run with
     every trial and without redoing the finished ones."""
     storage = tmp_path / "runs"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # RAY_ADDRESS=local: a private Ray even if a `ray start` cluster runs on this machine.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": "local"}
     grid = "stages.architecture.grid={latent_scale: [0.5, 1.0], news_alpha: [0.6, 0.8, 1.0]}"
     args = [sys.executable, "-m", "search.cli", "run", "--config", str(SMOKE), "--storage",
             str(storage), "--name", "r", f"data.source={tiny_market}", grid, "train.epochs=4",
