@@ -193,6 +193,8 @@ def fit(
         elapsed = float(resume["seconds"])
 
     fund, price, emb = (as_tensor(a).to(device) for a in (train.fund, train.price, train.emb))
+    # Each step gathers its rows into the same buffers: faster than a fresh 3 MB a step.
+    bufs = [torch.empty(2 * tc.batch_size, t.shape[1], device=device) for t in (price, fund, emb)]
     smooth = tc.label_smoothing
     t0 = time.perf_counter() - elapsed
     for epoch in range(start_epoch, tc.epochs):
@@ -207,11 +209,13 @@ def fit(
         for s in range(0, len(label), tc.batch_size):
             rows = ij[:, s : s + tc.batch_size].reshape(-1)  # (2B,): the i's then the j's
             # index_select is a plain row gather, ~5x faster than advanced indexing here.
+            x = [torch.index_select(t, 0, rows, out=b[: len(rows)])
+                 for t, b in zip((price, fund, emb), bufs, strict=True)]  # fmt: skip
             y = target[s : s + tc.batch_size]
             opt.zero_grad(set_to_none=True)
-            loss = model.pair_loss_backward(*(t.index_select(0, rows) for t in (price, fund, emb)), y)
+            loss = model.pair_loss_backward(*x, y)  # on the CPU: fused, without autograd
             opt.step()
-            total += loss.detach() * len(y)
+            total += loss * len(y)
             count += len(y)
         sched.step()
         done = epoch + 1

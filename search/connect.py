@@ -113,6 +113,30 @@ def mount_type(path: str) -> str:
     return fstype
 
 
+def storage_problem(storage: str, here: str, node_ips: set[str], fstype: str) -> str | None:
+    """Why `storage` cannot serve this cluster, or None when it can.
+
+    Args:
+        storage: the run directory (a local path or a URI).
+        here: this driver's node IP; node_ips: the IPs of every alive node.
+        fstype: the filesystem type of the mount holding `storage` ('' if unknown).
+    """
+    if store.is_uri(storage):
+        return None
+    remote = sorted(node_ips - {here})
+    if not remote:
+        return None
+    if any(fstype == s or (s.endswith(".") and fstype.startswith(s)) for s in _SHARED_FS):
+        return None
+    return (
+        f"storage {storage!r} is a node-local path ({fstype or 'unknown'} filesystem) but the "
+        f"cluster has nodes on other machines ({', '.join(remote[:3])}): their trials could not "
+        f"write checkpoints and results there. Fix: --storage s3://bucket/path or gs://bucket/path, "
+        f"or an NFS mount present at the same path on every node (set "
+        f"LIQUID_SEARCH_SHARED_STORAGE=1 if it is shared but not recognised)."
+    )
+
+
 def check_storage(storage: str) -> None:
     """Refuse a node-local storage path when the cluster has nodes on other machines.
 
@@ -122,22 +146,13 @@ def check_storage(storage: str) -> None:
     """
     import ray
 
-    if store.is_uri(storage) or os.environ.get("LIQUID_SEARCH_SHARED_STORAGE") == "1":
-        return
-    here = ray.util.get_node_ip_address()
-    remote = sorted({n["NodeManagerAddress"] for n in alive_nodes()} - {here})
-    if not remote:
+    if os.environ.get("LIQUID_SEARCH_SHARED_STORAGE") == "1":
         return
     probe = storage
-    while probe and not os.path.exists(probe):
+    while probe and not store.is_uri(probe) and not os.path.exists(probe):
         probe = os.path.dirname(probe)
-    fstype = mount_type(probe or "/")
-    if any(fstype == s or (s.endswith(".") and fstype.startswith(s)) for s in _SHARED_FS):
-        return
-    raise SystemExit(
-        f"storage {storage!r} is a node-local path ({fstype or 'unknown'} filesystem) but the "
-        f"cluster has nodes on other machines ({', '.join(remote[:3])}): their trials could not "
-        f"write checkpoints and results there. Fix: --storage s3://bucket/path or gs://bucket/path, "
-        f"or an NFS mount present at the same path on every node (set "
-        f"LIQUID_SEARCH_SHARED_STORAGE=1 if it is shared but not recognised)."
-    )
+    fstype = "" if store.is_uri(storage) else mount_type(probe or "/")
+    ips = {n["NodeManagerAddress"] for n in alive_nodes()}
+    problem = storage_problem(storage, ray.util.get_node_ip_address(), ips, fstype)
+    if problem:
+        raise SystemExit(problem)

@@ -65,7 +65,18 @@ def data_source(spec: SearchSpec, override: str | None, log: Callable[[str], Non
 
 
 def load_spec(run_dir: str) -> SearchSpec:
-    raw = yaml.safe_load(store.read_text(store.join(run_dir, SPEC_FILE)))
+    """The resolved spec a run was started with.
+
+    Raises:
+        ValueError: `run_dir` holds no spec.yaml, so it is not a run directory.
+    """
+    path = store.join(run_dir, SPEC_FILE)
+    if not store.exists(path):
+        raise ValueError(
+            f"{run_dir}: no {SPEC_FILE} here, so it is not a run directory (runs are made by "
+            f"`liquid-search run`, under --storage, default ./runs)"
+        )
+    raw = yaml.safe_load(store.read_text(path))
     return from_dict(raw, store.join(run_dir, SPEC_FILE))
 
 

@@ -62,6 +62,36 @@ def _in_flight(run_dir: str, stage: str, keys: list[str], metric: str) -> list[d
     return rows
 
 
+def _overfitting_lines(run_dir: str) -> dict[str, str]:
+    """Per stage (and 'final'): PBO and deflated Sharpe from analysis.json, when written."""
+    from search.analysis import read_analysis
+
+    a = read_analysis(run_dir)
+    if not a:
+        return {}
+    out = {}
+    for st in a.get("stages", []):
+        parts = []
+        pbo = st.get("pbo") or {}
+        if pbo.get("pbo") is not None:
+            parts.append(
+                f"PBO {pbo['pbo']:.2f} (CSCV, S={pbo['n_blocks']}, {pbo['n_trials']} trials)"
+            )
+        dsr = st.get("dsr") or {}
+        if dsr.get("dsr") is not None:
+            parts.append(f"deflated Sharpe {dsr['dsr']:.2f} (N={dsr['n_trials']})")
+        if parts:
+            out[st["stage"]] = "; " + "; ".join(parts)
+    fin = a.get("final") or {}
+    if fin.get("dsr") is not None:
+        out["final"] = (
+            f"deflated Sharpe of the final model's val IC {fin['dsr']:.2f} "
+            f"(N={fin['n_trials']} trials, IC Sharpe {fin['sharpe_annual']:.2f} vs the "
+            f"{fin['sr0_annual']:.2f} expected of the best of N by luck)"
+        )
+    return out
+
+
 def render(run_dir: str) -> str:
     """The status of a run as text."""
     from search.driver import SUMMARY, load_spec
@@ -70,6 +100,7 @@ def render(run_dir: str) -> str:
     spec = load_spec(run_dir)
     metric = spec.train.metric
     out = [f"run {run_dir}"]
+    overfit = _overfitting_lines(run_dir)
     for st in spec.stages:
         keys = list(st.grid)
         best = read_best(run_dir, st.name)
@@ -85,6 +116,8 @@ def render(run_dir: str) -> str:
             out.append(f"\n[{st.name}] not started ({len(st.points) * st.seeds} trials)")
             continue
         n_err = sum(r["status"] == "ERROR" for r in rows)
+        if best is not None and overfit.get(st.name):
+            state += overfit[st.name]
         out.append(
             f"\n[{st.name}] {len(rows)}/{len(st.points) * st.seeds} trials, {n_err} failed; {state}"
         )
@@ -122,6 +155,8 @@ def render(run_dir: str) -> str:
             out.append(
                 f"[baseline: full universe] test ic_sharpe {_fmt(b['ic_sharpe'])} mean_ic {_fmt(b['mean_ic'])} ls_sharpe {_fmt(b['ls_sharpe'])}"
             )
+        if overfit.get("final"):
+            out.append("        " + overfit["final"].strip("; "))
         out.append(f"checkpoint {s['checkpoint']}")
     else:
         out.append("\n[final] not done")

@@ -1,4 +1,4 @@
-"""The CPU training path (`_FusedPairLoss`) against plain autograd through the nn modules.
+"""The CPU training path (`_fused_loss_and_grads`) against plain autograd through the nn modules.
 
 Both paths draw the dropout masks from the model's generator in the same order, so after the
 same `seed_dropout` they drop the same units and must agree to float rounding: the loss, every
@@ -12,14 +12,14 @@ import copy
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
+from ranker import model as model_module
 from ranker.model import HEAD_DROPOUT, ModelConfig, MultiBranchRanker, keep_mask
 
-NO_DROPOUT = {"fundamental_dropout": 0.0, "price_dropout": 0.0, "news_dropout": 0.0}
 CONFIGS = {
     "default": ModelConfig(),
-    "no-encoder-dropout": ModelConfig(**NO_DROPOUT),  # the head's Dropout(0.1) stays
+    # The head's Dropout(0.1) stays.
+    "no-encoder-dropout": ModelConfig(fundamental_dropout=0, price_dropout=0, news_dropout=0),
     "small-alpha-1": ModelConfig(
         n_embedding_dim=48,
         fund_hidden=16,
@@ -34,10 +34,26 @@ CONFIGS = {
         fundamental_dropout=0.9, price_dropout=0.5, news_dropout=0.7, news_alpha=2.5
     ),
 }
+# s_i - s_j cancels the output bias: its gradient is rounding noise around 0 in both paths.
+CANCELLED = "output_head.3.bias"
+
+
+@pytest.fixture
+def fused_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the calls of the fused path, so a test knows which path ran."""
+    calls: list[int] = []
+    inner = model_module._fused_loss_and_grads
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(model_module, "_fused_loss_and_grads", spy)
+    return calls
 
 
 def batch(cfg: ModelConfig, pairs: int, seed: int) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """(price, fund, emb) for 2 * pairs rows, and smoothed pair targets."""
+    """(price, fund, emb) for 2 * pairs rows (the i's, then the j's), and smoothed targets."""
     g = torch.Generator().manual_seed(seed)
     dims = (cfg.n_price_features, cfg.n_fundamental_features, cfg.n_embedding_dim)
     x = [torch.randn(2 * pairs, n, generator=g) for n in dims]
@@ -45,14 +61,11 @@ def batch(cfg: ModelConfig, pairs: int, seed: int) -> tuple[list[torch.Tensor], 
     return x, label * 0.9 + 0.05
 
 
-def fused_loss(model: MultiBranchRanker, x: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+def plain_backward(model: MultiBranchRanker, x: list[torch.Tensor], y: torch.Tensor):
+    """Autograd through the nn modules, as training did before the fused path."""
     loss = model.pair_loss(*x, y)
-    assert type(loss.grad_fn).__name__ == "_FusedPairLossBackward", type(loss.grad_fn).__name__
-    return loss
-
-
-def plain_loss(model: MultiBranchRanker, x: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(model.pair_logits(*x), y)
+    loss.backward()
+    return loss.detach()
 
 
 def grads(model: MultiBranchRanker) -> dict[str, torch.Tensor]:
@@ -60,27 +73,26 @@ def grads(model: MultiBranchRanker) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_loss_and_gradients_match_autograd(name):
+def test_loss_and_gradients_match_autograd(name, fused_calls):
     cfg = CONFIGS[name]
     torch.manual_seed(0)
     model = MultiBranchRanker(cfg).train()
     x, y = batch(cfg, pairs=300, seed=1)
 
     model.seed_dropout(7)
-    fused = fused_loss(model, x, y)
-    fused.backward()
+    fused = model.pair_loss_backward(*x, y)
+    assert fused_calls == [1]
     got = grads(model)
     model.zero_grad(set_to_none=True)
     model.seed_dropout(7)
-    want = plain_loss(model, x, y)
-    want.backward()
+    want = plain_backward(model, x, y)
     expected = grads(model)
 
+    assert fused.grad_fn is None and fused.shape == ()
     torch.testing.assert_close(fused, want, rtol=1e-5, atol=0)
-    assert set(got) == set(expected) == {n for n, _ in model.named_parameters()}
+    assert got.keys() == expected.keys()
     for k, g in expected.items():
-        if k == "output_head.3.bias":
-            # s_i - s_j cancels the output bias: both gradients are rounding noise around 0.
+        if k == CANCELLED:
             assert got[k].abs().item() < 1e-6 and g.abs().item() < 1e-6, (got[k], g)
             continue
         scale = g.abs().max().item()
@@ -88,19 +100,33 @@ def test_loss_and_gradients_match_autograd(name):
         torch.testing.assert_close(got[k], g, rtol=1e-5, atol=1e-5 * scale, msg=k)
 
 
-def test_other_seeds_draw_other_masks():
-    """The gradients depend on the dropout seed, so the comparison above is not vacuous."""
+def test_gradients_accumulate_like_backward(fused_calls):
+    cfg = ModelConfig()
+    model = MultiBranchRanker(cfg).train()
+    x, y = batch(cfg, pairs=64, seed=1)
+    model.seed_dropout(1)
+    model.pair_loss_backward(*x, y)
+    once = grads(model)
+    model.seed_dropout(1)
+    model.pair_loss_backward(*x, y)
+    assert len(fused_calls) == 2
+    for k, g in grads(model).items():
+        torch.testing.assert_close(g, 2 * once[k], rtol=0, atol=0, msg=k)
+
+
+def test_other_seeds_drop_other_units(fused_calls):
+    """The loss depends on the dropout seed, so the comparisons here are not vacuous."""
     cfg = ModelConfig()
     model = MultiBranchRanker(cfg).train()
     x, y = batch(cfg, pairs=64, seed=1)
     losses = []
     for seed in (1, 2):
         model.seed_dropout(seed)
-        losses.append(fused_loss(model, x, y).item())
+        losses.append(model.pair_loss_backward(*x, y).item())
     assert losses[0] != losses[1]
 
 
-def test_adamw_steps_give_the_same_weights():
+def test_adamw_steps_give_the_same_weights(fused_calls):
     cfg = ModelConfig()
     torch.manual_seed(0)
     a = MultiBranchRanker(cfg).train()
@@ -111,15 +137,18 @@ def test_adamw_steps_give_the_same_weights():
     ]
     for step in range(4):
         x, y = batch(cfg, pairs=256, seed=10 + step)
-        for model, opt, loss_fn in ((a, opts[0], fused_loss), (b, opts[1], plain_loss)):
+        for model, opt in zip((a, b), opts, strict=True):
             model.seed_dropout([3, step])
             opt.zero_grad(set_to_none=True)
-            loss_fn(model, x, y).backward()
+            if model is a:
+                model.pair_loss_backward(*x, y)
+            else:
+                plain_backward(model, x, y)
             opt.step()
+    assert len(fused_calls) == 4
     for (k, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
-        if k == "output_head.3.bias":
-            # Its gradient is rounding noise around 0 (s_i - s_j cancels it), which Adam turns
-            # into steps of up to lr * |g| / eps: the two paths' noise differs.
+        if k == CANCELLED:
+            # Adam scales its rounding-noise gradient (|g| < eps) to steps below lr * |g| / eps.
             torch.testing.assert_close(p, q, rtol=0, atol=1e-4)
             continue
         # Adam normalises each gradient, so a wrong one moves its weight by ~lr = 1e-3 per step.
@@ -127,20 +156,17 @@ def test_adamw_steps_give_the_same_weights():
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5, msg=k)
 
 
-def test_eval_and_no_grad_use_the_modules():
+def test_eval_uses_the_modules(fused_calls):
     cfg = ModelConfig()
-    model = MultiBranchRanker(cfg)
+    model = MultiBranchRanker(cfg).eval()
     x, y = batch(cfg, pairs=32, seed=1)
-    model.eval()
-    loss = model.pair_loss(*x, y)
-    assert type(loss.grad_fn).__name__ != "_FusedPairLossBackward"
-    torch.testing.assert_close(loss, plain_loss(model, x, y), rtol=0, atol=0)
-    model.train()
-    with torch.no_grad():
-        model.seed_dropout(5)
-        quiet = model.pair_loss(*x, y)
-        model.seed_dropout(5)
-        torch.testing.assert_close(quiet, plain_loss(model, x, y), rtol=0, atol=0)
+    loss = model.pair_loss_backward(*x, y)
+    got = grads(model)
+    model.zero_grad(set_to_none=True)
+    torch.testing.assert_close(loss, plain_backward(model, x, y), rtol=0, atol=0)
+    for k, g in grads(model).items():
+        torch.testing.assert_close(got[k], g, rtol=0, atol=0, msg=k)
+    assert fused_calls == []
 
 
 @pytest.mark.parametrize("p", [0.1, HEAD_DROPOUT, 0.6, 0.95])

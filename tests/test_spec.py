@@ -97,3 +97,18 @@ def test_bad_spec_fails_before_ray_starts(tmp_path):
     assert "problem(s) in the search spec" in r.stderr and "Traceback" not in r.stderr
     assert "ray" not in r.stdout.lower()  # no cluster was started, no dashboard URL printed
     assert not (tmp_path / "runs").exists()
+
+
+def test_node_local_storage_is_refused_with_remote_nodes():
+    from search.connect import mount_type, storage_problem
+
+    one = {"10.0.0.1"}
+    two = {"10.0.0.1", "10.0.0.2"}
+    assert storage_problem("/runs", "10.0.0.1", one, "ext4") is None  # one machine: fine
+    assert storage_problem("s3://b/runs", "10.0.0.1", two, "") is None
+    assert storage_problem("/mnt/shared/runs", "10.0.0.1", two, "nfs4") is None
+    assert storage_problem("/mnt/s", "10.0.0.1", two, "fuse.s3fs") is None
+    msg = storage_problem("/runs", "10.0.0.1", two, "ext4")
+    assert msg and "node-local path (ext4 filesystem)" in msg and "10.0.0.2" in msg
+    assert "s3://bucket/path" in msg
+    assert mount_type("/") != ""  # /proc/mounts is read
