@@ -13,14 +13,23 @@ from search.stages import BEST, RESULTS, read_best, read_results
 _COLS = ("ic_sharpe", "mean_ic", "long_sharpe", "short_sharpe", "ls_sharpe")
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, col: str = "") -> str:
+    """A metric: mean IC with a sign and 4 decimals, the rest with 2."""
     try:
         f = float(v)
     except (TypeError, ValueError):
         return str(v)
     if math.isnan(f):
         return "-"
-    return f"{f:+.4f}" if abs(f) < 0.1 and f != 0 else f"{f:.2f}"
+    return f"{f:+.4f}" if col == "mean_ic" else f"{f:.2f}"
+
+
+def _key(v: Any) -> str:
+    """A grid value as written in the spec (0.0005, 1e-04 style), not as a metric."""
+    try:
+        return f"{float(v):g}"
+    except (TypeError, ValueError):
+        return str(v)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -125,10 +134,10 @@ def render(run_dir: str) -> str:
         table = []
         for r in rows:
             table.append([
-                *(_fmt(r[k]) for k in keys),
+                *(_key(r[k]) for k in keys),
                 *([str(r.get("replicate", 0))] if st.seeds > 1 else []),
                 str(r["status"]), str(r["epochs"]), str(r["best_epoch"]),
-                *(_fmt(r.get(c, math.nan)) for c in _COLS),
+                *(_fmt(r.get(c, math.nan), c) for c in _COLS),
             ])  # fmt: skip
         out.append(_table(header, table))
         if st.seeds > 1 and best is not None:
@@ -138,22 +147,22 @@ def render(run_dir: str) -> str:
             out.append("per point, mean ± std over seeds:")
             out.append(_table(
                 [*keys, "n", *_COLS],
-                [[*(_fmt(p[k]) for k in keys), str(p["n"]),
-                  *(f"{_fmt(p[c])} ± {_fmt(p[c + '_std'])}" for c in _COLS)] for p in pts],
+                [[*(_key(p[k]) for k in keys), str(p["n"]),
+                  *(f"{_fmt(p[c], c)} ± {_fmt(p[c + '_std'], c)}" for c in _COLS)] for p in pts],
             ))  # fmt: skip
     summary_path = store.join(run_dir, SUMMARY)
     if store.exists(summary_path):
         s = json.loads(store.read_text(summary_path))
         f = s["final"]
         out.append("\n[final] " + "  ".join(
-            f"{k} val {_fmt(f['val'][k])} test {_fmt(f['test'][k])}" for k in ("ic_sharpe", "mean_ic", "ls_sharpe")))  # fmt: skip
+            f"{k} val {_fmt(f['val'][k], k)} test {_fmt(f['test'][k], k)}" for k in ("ic_sharpe", "mean_ic", "ls_sharpe")))  # fmt: skip
         c = f.get("costs", {})
         if c:
             out.append(f"        L/S net sharpe (flat costs) {_fmt(c.get('ls_net_sharpe'))}")
         if s.get("baseline"):
             b = s["baseline"]["test"]
             out.append(
-                f"[baseline: full universe] test ic_sharpe {_fmt(b['ic_sharpe'])} mean_ic {_fmt(b['mean_ic'])} ls_sharpe {_fmt(b['ls_sharpe'])}"
+                f"[baseline: full universe] test ic_sharpe {_fmt(b['ic_sharpe'])} mean_ic {_fmt(b['mean_ic'], 'mean_ic')} ls_sharpe {_fmt(b['ls_sharpe'])}"
             )
         if overfit.get("final"):
             out.append("        " + overfit["final"].strip("; "))
