@@ -34,6 +34,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     args = p.parse_args()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     ray.init(num_cpus=max(1, round(args.trials * args.cpu)), include_dashboard=False)
     base = specmod.load(
         os.path.join(os.path.dirname(__file__), "..", "configs", "search.yaml"),

@@ -156,13 +156,16 @@ def test_adamw_steps_give_the_same_weights(fused_calls):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5, msg=k)
 
 
-def test_eval_uses_the_modules(fused_calls):
-    cfg = ModelConfig()
-    model = MultiBranchRanker(cfg).eval()
+@pytest.mark.parametrize("mode", ["eval", "news_alpha=0"])
+def test_other_cases_use_the_modules(mode, fused_calls):
+    cfg = ModelConfig(news_alpha=0.0) if mode == "news_alpha=0" else ModelConfig()
+    model = MultiBranchRanker(cfg).train(mode != "eval")
     x, y = batch(cfg, pairs=32, seed=1)
+    model.seed_dropout(3)
     loss = model.pair_loss_backward(*x, y)
     got = grads(model)
     model.zero_grad(set_to_none=True)
+    model.seed_dropout(3)
     torch.testing.assert_close(loss, plain_backward(model, x, y), rtol=0, atol=0)
     for k, g in grads(model).items():
         torch.testing.assert_close(got[k], g, rtol=0, atol=0, msg=k)
