@@ -82,6 +82,11 @@ def bench_trial(rows: int) -> None:
     val = random_panel(rows // 7, 36, seed=1)
     cfg, tc = ModelConfig(), TrainConfig()
     peak = matmul_gflops()
+    # torch.optim imports torch._dynamo when a process builds its first optimizer (~1 s, plus
+    # the garbage collections it triggers): a once-per-process cost, timed apart from training.
+    t = time.perf_counter()
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], fused=True)
+    import_s = time.perf_counter() - t
     t = time.perf_counter()
     result = fit(cfg, tc, train, val)
     wall = time.perf_counter() - t
@@ -90,7 +95,8 @@ def bench_trial(rows: int) -> None:
     flops = train_flops(cfg, pairs_rows, tc.epochs, len(val), evals)
     achieved = flops / wall / 1e9
     print(f"trial: {rows:,} train rows x {tc.epochs} epochs (+{evals} evals of {len(val):,} rows), "
-          f"1 thread: {wall:.2f} s")  # fmt: skip
+          f"1 thread: {wall:.2f} s (+{import_s:.2f} s once per process for torch's optimizer "
+          f"imports)")  # fmt: skip
     print(f"  {flops / 1e9:,.0f} GFLOP -> {achieved:.1f} GFLOP/s; fp32 matmul (2048^3) on this "
           f"machine: {peak:.1f} GFLOP/s; ratio {achieved / peak:.0%}")  # fmt: skip
 
