@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ranker.config import strict_from_dict
+
 HEAD_HIDDEN = 32
 HEAD_DROPOUT = 0.1
 
@@ -53,11 +55,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown model config key(s) {unknown}; valid keys: {sorted(names)}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "model")
 
 
 def keep_mask(rng: np.random.Generator, n: int, p: float) -> np.ndarray:

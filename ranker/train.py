@@ -15,12 +15,13 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
+from ranker.config import strict_from_dict
 from ranker.metrics import Daily, daily, summarize
 from ranker.model import ModelConfig, MultiBranchRanker
 from ranker.pairs import sample_pairs
@@ -66,11 +67,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown train config key(s) {unknown}; valid keys: {sorted(names)}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "train")
 
 
 @dataclass
