@@ -8,7 +8,7 @@ from typing import Any
 
 from ranker.train import METRICS
 from search import store
-from search.stages import BEST, RESULTS, read_best, read_results
+from search.stages import RESULTS, read_best, read_results
 
 _COLS = ("ic_sharpe", "mean_ic", "long_sharpe", "short_sharpe", "ls_sharpe")
 
@@ -169,5 +169,4 @@ def render(run_dir: str) -> str:
         out.append(f"checkpoint {s['checkpoint']}")
     else:
         out.append("\n[final] not done")
-    _ = BEST
     return "\n".join(out)
