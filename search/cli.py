@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from typing import Any
 
 _REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -77,7 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "test": summarize(d),
         "best_epoch": result.best_epoch,
         "seconds": round(result.seconds, 2),
-        "costs": cost_metrics(d, ds.test.symbol_ids, CostModel(**vars_of(sp.costs))),
+        "costs": cost_metrics(d, ds.test.symbol_ids, CostModel(**asdict(sp.costs))),
         "rows": {"train": len(ds.train), "val": len(ds.val), "test": len(ds.test)},
     }
     if ds.test.oracle is not None:
@@ -93,12 +94,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         out["checkpoint"] = os.path.abspath(args.out)
     print(json.dumps(out, indent=2))
     return 0
-
-
-def vars_of(obj: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(obj)
 
 
 # ---------------------------------------------------------------- run / stage / resume

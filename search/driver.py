@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -27,7 +28,7 @@ from ranker import checkpoint
 from ranker.costs import CostModel, cost_metrics
 from ranker.data import Dataset, load
 from ranker.metrics import daily, summarize
-from ranker.model import ModelConfig
+from ranker.model import ModelConfig, MultiBranchRanker
 from ranker.panel import Panel
 from ranker.synth import generate
 from ranker.train import TrainConfig, fit, score
@@ -326,9 +327,7 @@ def _write_daily(path: str, d: Any, panel: Panel) -> None:
     store.write_bytes(path, buf.getvalue())
 
 
-def _model_from_state(r: dict[str, Any]) -> Any:
-    from ranker.model import MultiBranchRanker
-
+def _model_from_state(r: dict[str, Any]) -> MultiBranchRanker:
     model = MultiBranchRanker(ModelConfig.from_dict(r["config"]))
     model.load_state_dict(r["state"])
     model.eval()
@@ -337,8 +336,6 @@ def _model_from_state(r: dict[str, Any]) -> Any:
 
 def _save_checkpoint(path: str, model: Any, ds: Dataset, meta: dict[str, Any]) -> None:
     if store.is_uri(path):
-        import tempfile
-
         with tempfile.TemporaryDirectory() as d:
             local = os.path.join(d, MODEL_FILE)
             checkpoint.save(local, model, ds.columns, **meta)
