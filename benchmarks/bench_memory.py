@@ -11,7 +11,7 @@ If every trial copied the data, the private memory per trial would grow by the P
 from __future__ import annotations
 
 import argparse
-import csv
+import dataclasses
 import os
 import tempfile
 
@@ -19,7 +19,9 @@ import ray
 
 from search import driver
 from search import spec as specmod
-from search.stages import RESULTS, run_stage
+from search.data import load_data
+from search.rundir import RunDir
+from search.stages import run_stage
 
 
 def main() -> None:
@@ -34,7 +36,6 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     args = p.parse_args()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     ray.init(num_cpus=max(1, round(args.trials * args.cpu)), include_dashboard=False)
     base = specmod.load(
         os.path.join(os.path.dirname(__file__), "..", "configs", "search.yaml"),
@@ -45,25 +46,25 @@ def main() -> None:
             "final.baseline=false",
         ],
     )
-    ds = driver.load(args.data, base.universe, base.split)
-    refs, ds = driver.prepare(ds, print)
+    ds = load_data(base, args.data)
+    refs, ds = driver.prepare(ds)
     mb = ds.train.nbytes / 2**20 + ds.val.nbytes / 2**20
     print(f"Panels in the object store: train + val = {mb:,.0f} MB")
     data = {"train": refs["train"], "val": refs["val"]}
     for n in (1, args.trials):
         values = [round(0.6 + 0.1 * i, 2) for i in range(n)]
         stage = specmod.StageSpec(name=f"mem{n}", grid={"news_alpha": tuple(values)})
-        sp = base.__class__(**{**base.__dict__, "stages": (stage,)})
+        sp = dataclasses.replace(base, stages=(stage,))
         with tempfile.TemporaryDirectory() as run_dir:
-            run_stage(sp, stage, run_dir, sp.model, sp.train, data, log=lambda _m: None)
-            with open(os.path.join(run_dir, stage.name, RESULTS)) as f:
-                rows = list(csv.DictReader(f))
-        priv = [float(r["mem_private_mb"]) for r in rows]
-        rss = [float(r["mem_rss_mb"]) for r in rows]
+            run = RunDir(run_dir)
+            run_stage(sp, stage, run, sp.model, sp.train, data)
+            rows = run.read_rows(stage) or []
+        priv = [r.mem_private_mb for r in rows]
+        rss = [r.mem_rss_mb for r in rows]
         print(f"{n} concurrent trial(s): private {sum(priv):,.0f} MB in all "
               f"({sum(priv) / n:,.0f} per trial), resident {sum(rss):,.0f} MB "
               f"({sum(rss) / n:,.0f} per trial, shared pages counted in each); zero-copy: "
-              f"{all(r['data_zero_copy'] == 'True' for r in rows)}")  # fmt: skip
+              f"{all(r.data_zero_copy for r in rows)}")  # fmt: skip
     ray.shutdown()
 
 

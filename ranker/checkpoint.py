@@ -6,8 +6,9 @@ A checkpoint is a plain dict of tensors and Python values, loadable with
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
+import pickle
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,29 +17,11 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from ranker.model import ModelConfig, MultiBranchRanker
+from ranker import storage
+from ranker.model import MultiBranchRanker
 from ranker.schema import FeatureColumns
 
 FORMAT = "liquid-ranker/1"
-
-
-def atomic_write_bytes(path: str | os.PathLike, write: Any) -> None:
-    """Call `write(file)` on a temp file beside `path`, then rename it over `path`."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save(
@@ -51,7 +34,8 @@ def save(
     metrics: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> None:
-    """Write a checkpoint atomically (never a half-written file under `path`)."""
+    """Write a checkpoint atomically (never a half-written file under `path`) to a local path or
+    a URI (s3://, gs://)."""
     payload = {
         "format": FORMAT,
         "model_state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
@@ -62,7 +46,7 @@ def save(
         "metrics": metrics or {},
         "extra": extra or {},
     }
-    atomic_write_bytes(path, lambda f: torch.save(payload, f))
+    storage.write_with(os.fspath(path), lambda f: torch.save(payload, f))
 
 
 @dataclass
@@ -131,11 +115,18 @@ class Ranker:
 
 
 def load(path: str | os.PathLike) -> Ranker:
-    """Load a checkpoint written by `save` (weights_only: no code runs on load)."""
-    payload = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    """Load a checkpoint written by `save` from a path or URI (weights_only: no code runs).
+
+    Raises:
+        FileNotFoundError: nothing at `path`.
+        ValueError: the file is not a checkpoint of this format.
+    """
+    data = storage.read_bytes(os.fspath(path))
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        raise ValueError(f"{path}: not a {FORMAT} checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path}: not a {FORMAT} checkpoint")
-    model = MultiBranchRanker(ModelConfig.from_dict(payload["model_config"]))
-    model.load_state_dict(payload["model_state"])
-    model.eval()
+    model = MultiBranchRanker.from_state(payload["model_config"], payload["model_state"])
     return Ranker(model, FeatureColumns.from_dict(payload["columns"]), payload)

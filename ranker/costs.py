@@ -46,7 +46,7 @@ class CostModel:
         for name in ("spread", "impact", "borrow"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"CostModel.{name} must be a finite fraction >= 0, got {value!r}")
+                raise ValueError(f"costs.{name}={value!r}: must be a finite fraction >= 0")
 
     @property
     def round_trip(self) -> float:
@@ -91,37 +91,6 @@ def breakeven_bps(ls_gross: np.ndarray, turnover: np.ndarray, borrow_daily: floa
     return excess / mean_turnover * BPS
 
 
-def _net_metrics(prefix: str, long_net: np.ndarray, short_net: np.ndarray) -> dict[str, float]:
-    ls_net = (long_net + short_net) / 2
-    out: dict[str, float] = {}
-    for side, x in (("long", long_net), ("short", short_net), ("ls", ls_net)):
-        out[f"{prefix}{side}_net_return"] = annualized(x)
-        out[f"{prefix}{side}_net_sharpe"] = sharpe(x)
-    return out
-
-
-def flat_costs(d: Daily, costs: CostModel | None = None) -> dict[str, float]:
-    """The notebook's flat cost model: both books fully traded every day.
-
-    long_net = long - (spread + 2 impact); short_net = short - (spread + 2 impact) - borrow/252;
-    ls_net = (long_net + short_net) / 2.
-
-    Args:
-        d: per-date gross returns from `metrics.daily`.
-        costs: the cost model (default `CostModel()`).
-
-    Returns:
-        long/short/ls `_net_return` (mean x 252; NaN with no date) and `_net_sharpe` (as
-        `metrics.sharpe`), `breakeven_bps` (turnover 1 every day), and spread, impact, borrow.
-    """
-    costs = CostModel() if costs is None else costs
-    long_net = d.long - costs.round_trip
-    short_net = d.short - costs.round_trip - costs.borrow_daily
-    out = _net_metrics("", long_net, short_net)
-    out["breakeven_bps"] = breakeven_bps(d.ls, np.ones(len(d)), costs.borrow_daily)
-    return out | costs.as_dict()
-
-
 @dataclass(frozen=True, eq=False)
 class Turnover:
     """Daily turnover of the books: the fraction of the k names not held the previous kept date.
@@ -146,6 +115,13 @@ def _book_turnover(names: np.ndarray) -> np.ndarray:
     return out
 
 
+def books_turnover(long_symbols: np.ndarray, short_symbols: np.ndarray) -> Turnover:
+    """Daily turnover from the symbols held: (n, k) ids of the long and the short book per date."""
+    long = _book_turnover(np.asarray(long_symbols))
+    short = _book_turnover(np.asarray(short_symbols))
+    return Turnover(long=long, short=short, mean=(long + short) / 2)
+
+
 def turnover(d: Daily, symbol_ids: np.ndarray) -> Turnover:
     """Daily turnover of the long and short books between consecutive kept dates.
 
@@ -163,19 +139,65 @@ def turnover(d: Daily, symbol_ids: np.ndarray) -> Turnover:
             f"symbol_ids has shape {symbol_ids.shape}, expected ({d.n_rows},): one per row of the "
             "arrays the Daily was computed from"
         )
-    long = _book_turnover(symbol_ids[d.long_rows])
-    short = _book_turnover(symbol_ids[d.short_rows])
-    return Turnover(long=long, short=short, mean=(long + short) / 2)
+    return books_turnover(symbol_ids[d.long_rows], symbol_ids[d.short_rows])
+
+
+def net_returns(
+    long: np.ndarray, short: np.ndarray, to: Turnover, costs: CostModel
+) -> dict[str, dict[str, np.ndarray]]:
+    """Daily returns of the long, short and L/S books: gross, net of flat costs, net of
+    turnover-aware costs. The one place the cost formulas are written.
+
+    flat:     long - rt;                 short - rt - borrow/252
+    turnover: long - turnover_long * rt; short - turnover_short * rt - borrow/252
+    with rt = spread + 2 impact, and ls = (long + short) / 2 in each.
+
+    Returns:
+        {"gross" | "flat" | "turnover": {"long" | "short" | "ls": (n,) float64}}.
+    """
+    rt, borrow = costs.round_trip, costs.borrow_daily
+    long, short = np.asarray(long, dtype=np.float64), np.asarray(short, dtype=np.float64)
+    out = {
+        "gross": {"long": long, "short": short},
+        "flat": {"long": long - rt, "short": short - rt - borrow},
+        "turnover": {"long": long - to.long * rt, "short": short - to.short * rt - borrow},
+    }
+    for books in out.values():
+        books["ls"] = (books["long"] + books["short"]) / 2
+    return out
+
+
+def _net_metrics(prefix: str, books: dict[str, np.ndarray]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for side in ("long", "short", "ls"):
+        out[f"{prefix}{side}_net_return"] = annualized(books[side])
+        out[f"{prefix}{side}_net_sharpe"] = sharpe(books[side])
+    return out
+
+
+def flat_costs(d: Daily, costs: CostModel | None = None) -> dict[str, float]:
+    """The notebook's flat cost model: both books fully traded every day (see `net_returns`).
+
+    Args:
+        d: per-date gross returns from `metrics.daily`.
+        costs: the cost model (default `CostModel()`).
+
+    Returns:
+        long/short/ls `_net_return` (mean x 252; NaN with no date) and `_net_sharpe` (as
+        `metrics.sharpe`), `breakeven_bps` (turnover 1 every day), and spread, impact, borrow.
+    """
+    costs = CostModel() if costs is None else costs
+    full = Turnover(np.ones(len(d)), np.ones(len(d)), np.ones(len(d)))
+    out = _net_metrics("", net_returns(d.long, d.short, full, costs)["flat"])
+    out["breakeven_bps"] = breakeven_bps(d.ls, full.mean, costs.borrow_daily)
+    return out | costs.as_dict()
 
 
 def turnover_costs(
     d: Daily, symbol_ids: np.ndarray, costs: CostModel | None = None
 ) -> dict[str, float]:
-    """Net returns when trading costs are paid only on the names that change.
-
-    long_net = long - turnover_long * (spread + 2 impact);
-    short_net = short - turnover_short * (spread + 2 impact) - borrow/252;
-    ls_net = (long_net + short_net) / 2.
+    """Net returns when trading costs are paid only on the names that change (see
+    `net_returns`).
 
     Args:
         d: per-date gross returns and books from `metrics.daily`.
@@ -189,9 +211,7 @@ def turnover_costs(
     """
     costs = CostModel() if costs is None else costs
     to = turnover(d, symbol_ids)
-    long_net = d.long - to.long * costs.round_trip
-    short_net = d.short - to.short * costs.round_trip - costs.borrow_daily
-    out = _net_metrics("to_", long_net, short_net)
+    out = _net_metrics("to_", net_returns(d.long, d.short, to, costs)["turnover"])
     out["mean_turnover"] = float(np.mean(to.mean)) if len(d) else float("nan")
     out["mean_long_turnover"] = float(np.mean(to.long)) if len(d) else float("nan")
     out["mean_short_turnover"] = float(np.mean(to.short)) if len(d) else float("nan")

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ranker import schema
+from ranker import schema, storage
 from ranker.panel import Panel
 from ranker.schema import FeatureColumns
 from ranker.split import SplitConfig, split_dates
@@ -51,18 +51,11 @@ class Dataset:
 # ---------------------------------------------------------------- file access
 
 
-def _join(source: str, name: str) -> str:
-    return source.rstrip("/") + "/" + name
-
-
 def _open(source: str, name: str) -> tuple[pq.ParquetFile, str]:
     """Open `name` under a local directory or any URI pyarrow.fs understands."""
-    uri = _join(source, name)
+    uri = storage.join(source, name)
     try:
-        if "://" in source:
-            fs, path = pafs.FileSystem.from_uri(uri)
-        else:
-            fs, path = pafs.LocalFileSystem(), os.path.abspath(uri)
+        fs, path = storage.filesystem(uri)
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
             raise DataError(
@@ -77,15 +70,6 @@ def _open(source: str, name: str) -> tuple[pq.ParquetFile, str]:
         raise DataError(
             f"{uri}: cannot be read as parquet ({e}). Fix: check the path and format."
         ) from e
-
-
-def _exists(source: str, name: str) -> bool:
-    uri = _join(source, name)
-    if "://" in source:
-        fs, path = pafs.FileSystem.from_uri(uri)
-    else:
-        fs, path = pafs.LocalFileSystem(), os.path.abspath(uri)
-    return fs.get_file_info(path).type == pafs.FileType.File
 
 
 def _require(pf: pq.ParquetFile, uri: str, columns: list[str], fix: str) -> None:
@@ -286,7 +270,7 @@ def load(
     rows = feats["rows"]
 
     oracle = None
-    if _exists(source, schema.ORACLE_FILE):
+    if storage.is_file(storage.join(source, schema.ORACLE_FILE)):
         oracle = _read_oracle(source, row_days[rows], row_sym_str[rows])
 
     base = {

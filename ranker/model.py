@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ranker.config import strict_from_dict
+from ranker.config import ConfigError, int_fields, strict_from_dict
 
 HEAD_HIDDEN = 32
 HEAD_DROPOUT = 0.1
@@ -42,13 +42,17 @@ class ModelConfig:
     news_alpha: float = 0.8
 
     def __post_init__(self) -> None:
+        errors = []
+        for name in int_fields(ModelConfig):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                errors.append(f"model.{name}={v!r}: must be a positive integer")
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name.endswith("dropout"):
-                if not 0.0 <= v < 1.0:
-                    raise ValueError(f"model.{f.name}={v!r}: a dropout must be in [0, 1)")
-            elif f.type == "int" and (not isinstance(v, int) or v < 1):
-                raise ValueError(f"model.{f.name}={v!r}: must be a positive integer")
+            if f.name.endswith("dropout") and not (isinstance(v, int | float) and 0.0 <= v < 1.0):
+                errors.append(f"model.{f.name}={v!r}: a dropout must be in [0, 1)")
+        if errors:
+            raise ConfigError(errors)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,6 +134,17 @@ class MultiBranchRanker(nn.Module):
             Dropout(HEAD_DROPOUT, self._rng),
             nn.Linear(HEAD_HIDDEN, 1),
         )
+
+    @classmethod
+    def from_state(
+        cls, config: ModelConfig | dict[str, Any], state: dict[str, torch.Tensor]
+    ) -> MultiBranchRanker:
+        """The model of a saved config and state dict, on the CPU, in eval mode."""
+        cfg = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(config)
+        model = cls(cfg)
+        model.load_state_dict(state)
+        model.eval()
+        return model
 
     def seed_dropout(self, seed: Any) -> None:
         """Reseed the dropout masks (anything np.random.default_rng takes)."""
@@ -281,7 +296,3 @@ def _weight_grad(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if x.shape[1] < g.shape[1]:
         return x.t().mm(g).t().contiguous()
     return g.t().mm(x)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -66,35 +66,8 @@ class Panel:
         return len(self.dates)
 
     @property
-    def date_index(self) -> np.ndarray:
-        """(N,) int64: the position in `dates` of each row's date."""
-        return np.repeat(np.arange(self.n_dates), np.diff(self.bounds))
-
-    @property
     def nbytes(self) -> int:
         arrays = [self.fund, self.price, self.emb, self.returns, self.symbol_ids, self.bounds]
         if self.oracle is not None:
             arrays.append(self.oracle)
         return int(sum(a.nbytes for a in arrays))
-
-    def take_dates(self, keep: np.ndarray) -> Panel:
-        """A new Panel with only the dates where the boolean `keep` (n_dates,) is True."""
-        keep = np.asarray(keep, dtype=bool)
-        sizes = np.diff(self.bounds)
-        rows = np.repeat(keep, sizes)
-        new_sizes = sizes[keep]
-        return self.take_rows(rows, self.dates[keep], np.concatenate([[0], np.cumsum(new_sizes)]))
-
-    def take_rows(self, rows: np.ndarray, dates: np.ndarray, bounds: np.ndarray) -> Panel:
-        """A new Panel of the rows selected by a boolean mask, with the given date layout."""
-        return Panel(
-            fund=np.ascontiguousarray(self.fund[rows]),
-            price=np.ascontiguousarray(self.price[rows]),
-            emb=np.ascontiguousarray(self.emb[rows]),
-            returns=self.returns[rows],
-            symbol_ids=self.symbol_ids[rows],
-            dates=dates,
-            bounds=bounds.astype(np.int64),
-            symbols=self.symbols,
-            oracle=None if self.oracle is None else self.oracle[rows],
-        )

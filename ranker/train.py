@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ranker.config import strict_from_dict
+from ranker.config import ConfigError, strict_from_dict
 from ranker.metrics import Daily, daily, summarize
 from ranker.model import ModelConfig, MultiBranchRanker
 from ranker.pairs import sample_pairs
@@ -60,7 +60,7 @@ class TrainConfig:
         if self.metric not in METRICS:
             errors.append(f"train.metric={self.metric!r}: must be one of {list(METRICS)}")
         if errors:
-            raise ValueError("; ".join(errors))
+            raise ConfigError(errors)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

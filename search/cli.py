@@ -1,41 +1,37 @@
 """`liquid-search`: the one command line.
 
-liquid-search synth OUT_DIR [--scale F] [--seed S]        write a synthetic market
-liquid-search train [--data DIR|URI] [key=value ...]      one training run, no Ray
-liquid-search run [--config F] [--data DIR|URI] [--address ADDR] [--storage PATH|URI]
-                  [--name N] [key=value ...]             the staged search
-liquid-search stage NAME --run RUN_DIR [--continue]       rerun one stage
-liquid-search resume RUN_DIR                              continue an interrupted run
-liquid-search status RUN_DIR                              stages and trials as a table
+Results go to stdout (JSON of `train`, the table of `status`, the paths `run` and `report`
+write); progress and logs go to stderr. A mistake (bad spec, bad data, not a run directory, a
+cluster that refuses) ends in one line naming the problem and the fix, and a non-zero exit.
+Everything that can be checked without Ray (the spec with every grid point, the run directory,
+the data) is checked before Ray starts; `train`, `status` and `report` never start it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
-from dataclasses import asdict
 from typing import Any
 
-_REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-_INSTALLED_CONFIGS = os.path.join(sys.prefix, "share", "liquid-search", "configs")
-CONFIG_DIR = _REPO_CONFIGS if os.path.isdir(_REPO_CONFIGS) else _INSTALLED_CONFIGS
-DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "search.yaml")
+from ranker.config import ConfigError
+from ranker.data import DataError
+from search import spec as specmod
+from search.errors import RunDirError, SearchError
 
-
-def _say(msg: str) -> None:
-    print(msg, flush=True)
+log = logging.getLogger("liquid_search")
 
 
 def _default_config() -> str:
-    if not os.path.exists(DEFAULT_CONFIG):
-        raise SystemExit(
-            f"the bundled spec {DEFAULT_CONFIG} is missing; pass --config with a search spec "
-            f"(see configs/search.yaml in the repository)"
+    if not os.path.exists(specmod.DEFAULT_CONFIG):
+        raise RunDirError(
+            f"the bundled spec {specmod.DEFAULT_CONFIG} is missing. Fix: pass --config with a "
+            f"search spec (see configs/search.yaml in the repository)."
         )
-    return DEFAULT_CONFIG
+    return specmod.DEFAULT_CONFIG
 
 
 # ---------------------------------------------------------------- synth
@@ -46,9 +42,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     t0 = time.time()
     info = generate(args.out_dir, scale=args.scale, seed=args.seed, signal=args.signal,
-                    n_symbols=args.n_symbols, n_dates=args.n_dates, log=_say)  # fmt: skip
-    _say(json.dumps(info, indent=2, default=str))
-    _say(f"wrote {args.out_dir} in {time.time() - t0:.0f}s")
+                    n_symbols=args.n_symbols, n_dates=args.n_dates, log=log.info)  # fmt: skip
+    log.info(f"wrote {args.out_dir} in {time.time() - t0:.0f}s")
+    print(json.dumps(info, indent=2, default=str))
     return 0
 
 
@@ -59,39 +55,36 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from ranker import checkpoint
-    from ranker.costs import CostModel, cost_metrics
-    from ranker.data import load
+    from ranker.costs import cost_metrics
     from ranker.metrics import daily, summarize
     from ranker.train import fit, score
-    from search import spec as specmod
-    from search.driver import data_source
+    from search.data import data_source, load_data
 
     sp = specmod.load(args.config or _default_config(), args.overrides, require_stages=False)
-    source = data_source(sp, args.data, _say)
+    source = data_source(sp, args.data)
     torch.set_num_threads(args.threads)
-    ds = load(source, sp.universe, sp.split, log=_say)
-    _say(f"training {sp.train.epochs} epochs on {len(ds.train):,} rows ({args.threads} thread(s))")
-    result = fit(sp.model, sp.train, ds.train, ds.val, log=_say)
+    ds = load_data(sp, source, baseline=False)
+    log.info(
+        f"training {sp.train.epochs} epochs on {len(ds.train):,} rows ({args.threads} thread(s))"
+    )
+    result = fit(sp.model, sp.train, ds.train, ds.val, log=log.info)
     d = daily(ds.test.bounds, score(result.model, ds.test), ds.test.returns, k=sp.train.k)
     out: dict[str, Any] = {
         "val": result.metrics,
         "test": summarize(d),
         "best_epoch": result.best_epoch,
         "seconds": round(result.seconds, 2),
-        "costs": cost_metrics(d, ds.test.symbol_ids, CostModel(**asdict(sp.costs))),
+        "costs": cost_metrics(d, ds.test.symbol_ids, sp.costs),
         "rows": {"train": len(ds.train), "val": len(ds.val), "test": len(ds.test)},
     }
     if ds.test.oracle is not None:
-        od = daily(ds.test.bounds, ds.test.oracle, ds.test.returns, k=sp.train.k)
-        out["oracle_test"] = {
-            "mean_ic": summarize(od)["mean_ic"],
-            "ic_sharpe": summarize(od)["ic_sharpe"],
-        }
+        o = summarize(daily(ds.test.bounds, ds.test.oracle, ds.test.returns, k=sp.train.k))
+        out["oracle_test"] = {"mean_ic": o["mean_ic"], "ic_sharpe": o["ic_sharpe"]}
     if args.out:
         checkpoint.save(args.out, result.model, ds.columns, train_config=sp.train.to_dict(),
                         universe=sp.universe.to_dict(),
                         metrics={"val": out["val"], "test": out["test"]})  # fmt: skip
-        out["checkpoint"] = os.path.abspath(args.out)
+        out["checkpoint"] = os.path.abspath(args.out) if "://" not in args.out else args.out
     print(json.dumps(out, indent=2))
     return 0
 
@@ -99,93 +92,113 @@ def cmd_train(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- run / stage / resume
 
 
-def _storage_run_dir(sp: Any, storage: str | None, name: str | None) -> str:
-    from search import store
+def _start(
+    run: Any, sp: specmod.SearchSpec, source: str, args: argparse.Namespace, **kw: Any
+) -> int:
+    """Load the data (before Ray: bad input writes nothing), connect, run; print the run dir."""
+    from search import connect, driver
+    from search.data import load_data
 
-    root = store.absolute(storage or sp.storage)
-    run_name = name or sp.name or time.strftime("run-%Y%m%d-%H%M%S")
-    return store.join(root, run_name)
+    ds = load_data(sp, source)
+    connect.init(args.address, verbose=args.verbose)
+    if not args.verbose:
+        # Tune logs every failed attempt of a trial with its traceback; one line says it.
+        logging.getLogger("ray.tune.execution.tune_controller").addFilter(OneLineErrors())
+    connect.check_storage(run.path)
+    log.info(f"run directory: {run.path}")
+    driver.run(sp, run, ds, source, **kw)
+    print(run.path)
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from search import spec as specmod
+    from ranker import storage
+    from search.data import data_source
+    from search.rundir import RunDir
 
-    sp = specmod.load(args.config or _default_config(), args.overrides)  # fails before ray.init
-    run_dir = _storage_run_dir(sp, args.storage, args.name)
-    from search import connect, driver, store
-
-    if store.exists(store.join(run_dir, driver.SPEC_FILE)):
-        raise SystemExit(
-            f"{run_dir} already holds a run. Fix: `liquid-search resume {run_dir}` to continue "
+    sp = specmod.load(args.config or _default_config(), args.overrides)
+    root = storage.absolute(args.storage or sp.storage)
+    run = RunDir(storage.join(root, args.name or sp.name or time.strftime("run-%Y%m%d-%H%M%S")))
+    if run.is_run():
+        raise RunDirError(
+            f"{run.path} already holds a run. Fix: `liquid-search resume {run.path}` to continue "
             f"it, or pass another --name."
         )
-    connect.init(args.address, _say)
-    connect.check_storage(run_dir)
-    _say(f"run directory: {run_dir}")
-    driver.run(sp, run_dir, source=args.data, log=_say)
-    return 0
+    return _start(run, sp, data_source(sp, args.data), args)
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from search import connect, driver, store
+    from search.rundir import RunDir
 
-    run_dir = store.absolute(args.run)
-    sp = driver.load_spec(run_dir)
+    run = RunDir(args.run)
+    sp = run.read_spec()
     names = [s.name for s in sp.stages]
     if args.name not in names:
-        raise SystemExit(f"no stage {args.name!r} in {run_dir}; its stages are {names}")
+        raise RunDirError(
+            f"no stage {args.name!r} in {run.path}. Fix: name one of its stages {names}."
+        )
     idx = names.index(args.name)
     for prev in names[:idx]:
-        if not store.exists(store.join(run_dir, prev, "best.json")):
-            raise SystemExit(
+        if run.read_best(prev) is None:
+            raise RunDirError(
                 f"stage {args.name!r} starts from the best of {prev!r}, which has not finished "
-                f"in {run_dir}. Fix: `liquid-search resume {run_dir}` first."
+                f"in {run.path}. Fix: `liquid-search resume {run.path}` first."
             )
-    connect.init(args.address, _say)
-    connect.check_storage(run_dir)
-    source = args.data or driver.read_run(run_dir)["source"]
+    info = run.read_info()
+    source = args.data or (info.source if info else None)
+    if source is None:
+        raise RunDirError(f"{run.path} records no data source. Fix: pass --data.")
     rerun = names[idx:] if args.cont else [args.name]
-    driver.run(sp, run_dir, source=source, rerun=rerun,
-               stop_after=None if args.cont else args.name, log=_say)  # fmt: skip
-    return 0
+    stop = None if args.cont else args.name
+    return _start(run, sp, source, args, rerun=rerun, stop_after=stop)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from search import connect, driver, store
+    from search.rundir import RunDir
 
-    run_dir = store.absolute(args.run_dir)
-    if not store.exists(store.join(run_dir, driver.SPEC_FILE)):
-        raise SystemExit(f"{run_dir}: no {driver.SPEC_FILE} here, so it is not a run directory")
-    sp = driver.load_spec(run_dir)
-    connect.init(args.address, _say)
-    connect.check_storage(run_dir)
-    source = args.data
-    if source is None and store.exists(store.join(run_dir, driver.RUN_FILE)):
-        source = driver.read_run(run_dir)["source"]
-    driver.run(sp, run_dir, source=source, log=_say)
-    return 0
+    run = RunDir(args.run_dir)
+    sp = run.read_spec()
+    if run.is_complete():
+        log.info(f"{run.path} is complete: nothing to resume (`liquid-search status` shows it)")
+        print(run.path)
+        return 0
+    info = run.read_info()
+    source = args.data or (info.source if info else None)
+    if source is None:
+        from search.data import data_source
+
+        source = data_source(sp)
+    return _start(run, sp, source, args)
 
 
-# ---------------------------------------------------------------- status
+# ---------------------------------------------------------------- status / report
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from search.rundir import RunDir
     from search.status import render
 
-    print(render(args.run_dir))
+    print(render(RunDir(args.run_dir).load()))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from search import store
-    from search.analysis import analyze, load_spec, load_test_panel
+    from search.analysis import analyze, load_test_panel
     from search.report import write_report
+    from search.rundir import RunDir
 
-    run_dir = store.absolute(args.run_dir)
+    run = RunDir(args.run_dir).load()
+    if not run.finished:
+        raise RunDirError(
+            f"{run.path}: no stage has finished yet, so there is nothing to report. Fix: wait "
+            f"for the first stage (`liquid-search status {run.path}` shows it)."
+        )
     if not args.no_test:
-        analyze(run_dir, load_test_panel(run_dir, args.data), load_spec(run_dir).train.k)
-    md, html = write_report(run_dir)
-    _say(f"wrote {md} and {html}")
+        run.analysis = analyze(run, load_test_panel(run, args.data), run.spec.train.k)
+        run.dir.write_analysis(run.analysis)
+    md, html = write_report(run)
+    print(md)
+    print(html)
     return 0
 
 
@@ -197,11 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="liquid-search",
         description="Staged hyperparameter search for a liquid-universe stock ranker on Ray Tune.",
     )
+    p.add_argument("-v", "--verbose", action="store_true", help="also Ray's and Tune's own logs")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("synth", help="write a synthetic market in the dataset's schema")
     s.add_argument("out_dir")
-    s.add_argument("--scale", type=float, default=1.0, help="1.0 ~ 2.09M rows, 5,644 symbols")
+    s.add_argument("--scale", type=float, default=1.0, help="1.0 ~ 2.13M rows, 5,644 symbols")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--signal", type=float, default=1.0, help="strength of the planted signal")
     s.add_argument("--n-symbols", type=int, default=None)
@@ -216,14 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--config", help="spec whose model/train/universe/split sections to use")
     t.add_argument("--threads", type=int, default=1, help="torch threads")
-    t.add_argument("--out", help="write the trained model's checkpoint here")
+    t.add_argument("--out", help="write the trained model's checkpoint here (path or URI)")
     t.add_argument(
         "overrides", nargs="*", help="dotted key=value, e.g. train.epochs=5 model.news_alpha=1.0"
     )
     t.set_defaults(fn=cmd_train)
 
     r = sub.add_parser("run", help="run the staged search, the final model and the test set")
-    r.add_argument("--config", help=f"search spec (default {DEFAULT_CONFIG})")
+    r.add_argument("--config", help=f"search spec (default {specmod.DEFAULT_CONFIG})")
     r.add_argument(
         "--data", help="directory or URI with the data (default: the spec's, else synthetic)"
     )
@@ -267,17 +281,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    from ranker.data import DataError
-    from search.spec import SpecError
+class OneLineErrors(logging.Filter):
+    """Shortens a log record that carries an exception to its text and the exception's last
+    line (a Ray task error ends with the trial's own exception)."""
 
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+            last = lines[-1].strip() if lines else type(exc).__name__
+            record.msg = f"{record.getMessage()}: {last} (--verbose shows the traceback)"
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
+
+
+def setup_logging() -> None:
+    """Our progress lines go to stderr, as plain lines (Ray's own: see `connect.init`)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    ours = logging.getLogger("liquid_search")
+    ours.handlers[:] = [handler]
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Tune's own tables and per-checkpoint warnings drown the one line per trial we print.
+    setup_logging()
+    # Tune's own progress tables repeat what our one line per trial says.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     try:
         return args.fn(args)
-    except (SpecError, DataError, ValueError) as e:
+    except SearchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except (DataError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable
 from typing import Any
 
-from search import store
+import ray
+from ray.exceptions import AuthenticationError
+
+from ranker import storage as store
+from search.errors import ClusterError
+
+log = logging.getLogger("liquid_search")
 
 # Filesystems that every node of a cluster can share.
 _SHARED_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "glusterfs", "ceph", "beegfs",
@@ -18,25 +24,13 @@ def in_ray_job() -> bool:
     return bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or os.environ.get("RAY_JOB_ID"))
 
 
-def _token_file() -> str:
+def token_file() -> str:
     return os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
-
-
-def _use_token_auth() -> None:
-    """Token mode for this process. Ray reads RAY_AUTH_MODE into a cached config when it is
-    imported, so setting the variable alone goes unseen; Ray's own switch
-    (`authentication_token_setup._enable_token_auth`) re-initialises the config the same way."""
-    from ray._raylet import Config
-
-    os.environ["RAY_AUTH_MODE"] = "token"
-    Config.initialize("")
 
 
 def _auth_refused(e: BaseException | None) -> bool:
     """Whether ray.init failed because the cluster wants a token. Ray 2.60 raises it, after ~20 s
     of retries, as ConnectionError <- RuntimeError whose text holds the AuthenticationError."""
-    from ray.exceptions import AuthenticationError
-
     while e is not None:
         if isinstance(e, AuthenticationError) or "InvalidAuthToken" in str(e):
             return True
@@ -44,18 +38,23 @@ def _auth_refused(e: BaseException | None) -> bool:
     return False
 
 
-def init(address: str | None, log: Callable[[str], None]) -> Any:
+def init(address: str | None, *, verbose: bool = False) -> Any:
     """ray.init for the CLI. Inside a Ray job (or with RAY_ADDRESS set) a bare ray.init() joins
     that cluster; `--address auto|ray://host:10001|host:6379` joins an existing one; otherwise a
     local Ray starts on this machine.
 
-    A token-auth cluster (Ray 2.59+ turns it on for clusters started by `ray start` when a token
-    exists) refuses clients without RAY_AUTH_MODE=token: when a token file exists and the mode is
-    unset, the connection is retried once with it.
-    """
-    import ray
-    from ray.exceptions import AuthenticationError
+    Token auth is Ray's own business: with no address (or `auto`) Ray turns it on by itself when
+    it finds a cluster on this machine and a token file; for an explicit address it sends a
+    token only when `RAY_AUTH_MODE=token` is exported, and nothing here sends one on its behalf.
 
+    Args:
+        address: None, "auto", "ray://host:10001" or "host:port".
+        verbose: keep Ray's and Tune's own INFO lines (start-up, per-stage bookkeeping);
+            otherwise only their warnings and errors are shown.
+
+    Raises:
+        ClusterError: the cluster refused the connection or could not be reached.
+    """
     if address:
         where = f"the cluster at {address}"
     elif in_ray_job() or os.environ.get("RAY_ADDRESS", "local") != "local":
@@ -63,35 +62,38 @@ def init(address: str | None, log: Callable[[str], None]) -> Any:
     else:
         where = "a local Ray on this machine"
     try:
-        ctx = ray.init(address=address)
+        ctx = ray.init(address=address, logging_level=logging.INFO if verbose else logging.WARNING)
     except (AuthenticationError, ConnectionError) as e:
-        if not _auth_refused(e):
-            raise
-        if os.environ.get("RAY_AUTH_MODE") or not os.path.exists(_token_file()):
-            raise SystemExit(
-                f"{where} refused the connection ({e}). Fix: export RAY_AUTH_MODE=token and put "
-                f"the cluster's token in ~/.ray/auth_token (or RAY_AUTH_TOKEN_PATH)."
+        if _auth_refused(e):
+            raise ClusterError(
+                f"{where} refused the connection: it uses token auth and this shell sends no "
+                f"valid token. Fix: export RAY_AUTH_MODE=token and put the cluster's token in "
+                f"{token_file()} (or point RAY_AUTH_TOKEN_PATH at it)."
             ) from None
-        _use_token_auth()
-        log(f"{where} uses token auth: retrying with RAY_AUTH_MODE=token and {_token_file()}")
-        ctx = ray.init(address=address)
+        raise ClusterError(
+            f"cannot connect to {where} ({_first_line(e)}). Fix: check the address (the head's "
+            f"GCS host:6379, ray://host:10001, or auto on a cluster node) and that it is running."
+        ) from None
     url = getattr(ctx, "dashboard_url", None)
     res = ray.cluster_resources()
-    log(
+    log.info(
         f"ray {ray.__version__}: {where}; {len(alive_nodes())} node(s), "
         f"{res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU"
         + (f"; dashboard http://{url}" if url else "; dashboard not running")
     )
-    if url and (os.environ.get("RAY_AUTH_MODE") == "token" or os.path.exists(_token_file())):
-        log(
-            f"  the dashboard asks for the token in {_token_file()} (REST: Authorization: Bearer <token>)"
+    if url and os.environ.get("RAY_AUTH_MODE") == "token":
+        log.info(
+            f"  the dashboard asks for the token in {token_file()} (REST: Authorization: Bearer <token>)"
         )
     return ctx
 
 
-def alive_nodes() -> list[dict[str, Any]]:
-    import ray
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
 
+
+def alive_nodes() -> list[dict[str, Any]]:
     return [n for n in ray.nodes() if n.get("Alive")]
 
 
@@ -143,9 +145,10 @@ def check_storage(storage: str) -> None:
     Tune writes checkpoints and results from every node to `storage`; with remote nodes that
     must be an s3:// / gs:// URI or a shared filesystem mounted at the same path everywhere.
     Set LIQUID_SEARCH_SHARED_STORAGE=1 to vouch for a shared path this check cannot recognise.
-    """
-    import ray
 
+    Raises:
+        ClusterError: the path is node-local and some nodes are on other machines.
+    """
     if os.environ.get("LIQUID_SEARCH_SHARED_STORAGE") == "1":
         return
     probe = storage
@@ -155,4 +158,4 @@ def check_storage(storage: str) -> None:
     ips = {n["NodeManagerAddress"] for n in alive_nodes()}
     problem = storage_problem(storage, ray.util.get_node_ip_address(), ips, fstype)
     if problem:
-        raise SystemExit(problem)
+        raise ClusterError(problem)

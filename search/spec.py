@@ -1,8 +1,10 @@
 """The search spec: one frozen dataclass per YAML section, loaded strictly.
 
 Every unknown key and bad value in a spec file is reported at once, before `ray.init`, with the
-list of valid keys. Dotted `key=value` overrides (values parsed with yaml.safe_load) apply on top
-of the file. Defaults live in the dataclasses only.
+list of valid keys; every grid point of every stage is resolved against the base configs too, so
+a value no config accepts is refused here and not by a failing trial. Dotted `key=value`
+overrides (values parsed with yaml.safe_load) apply on top of the file. Defaults live in the
+dataclasses only.
 """
 
 from __future__ import annotations
@@ -10,27 +12,27 @@ from __future__ import annotations
 import copy
 import itertools
 import os
-from dataclasses import asdict, dataclass, field, fields
+import sys
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import yaml
 
+from ranker.config import ConfigError, build
+from ranker.costs import CostModel
 from ranker.model import ModelConfig
 from ranker.split import SplitConfig
 from ranker.train import TrainConfig
 from ranker.universe import UniverseConfig
+from search.errors import SearchError, SpecError
 
-
-class SpecError(ValueError):
-    """A spec with problems; `errors` lists every one of them."""
-
-    def __init__(self, source: str, errors: list[str]) -> None:
-        self.source, self.errors = source, errors
-        lines = "\n".join(f"  - {e}" for e in errors)
-        super().__init__(f"{source}: {len(errors)} problem(s) in the search spec:\n{lines}")
-
-    def __reduce__(self) -> tuple[type, tuple[str, list[str]]]:
-        return (SpecError, (self.source, self.errors))
+_REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+_INSTALLED_CONFIGS = os.path.join(sys.prefix, "share", "liquid-search", "configs")
+# The bundled specs: the repository's configs/, or where a non-editable install puts them.
+CONFIG_DIR = _REPO_CONFIGS if os.path.isdir(_REPO_CONFIGS) else _INSTALLED_CONFIGS
+DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "search.yaml")
+REPLICATE = "replicate"  # the grid key of a stage's replicate index (stages with seeds > 1)
+REPLICATE_SEED_STRIDE = 1000  # replicate r trains with seed + r * REPLICATE_SEED_STRIDE
 
 
 @dataclass(frozen=True)
@@ -79,16 +81,22 @@ class FinalSpec:
 
 
 @dataclass(frozen=True)
-class CostSpec:
-    spread: float = 0.001
-    impact: float = 0.0005
-    borrow: float = 0.03
-
-
-@dataclass(frozen=True)
 class ResourceSpec:
+    """What each trial (and the final model) reserves: CPUs (torch threads) and a GPU share."""
+
     cpu: float = 1.0
     gpu: float = 0.0
+
+    def __post_init__(self) -> None:
+        errors = []
+        if not self.cpu > 0:
+            errors.append(f"resources.cpu={self.cpu}: must be > 0 (fractions such as 0.5 are fine)")
+        if not (0 <= self.gpu <= 1 or self.gpu == int(self.gpu)):
+            errors.append(
+                f"resources.gpu={self.gpu}: must be a fraction in [0, 1] or a whole number"
+            )
+        if errors:
+            raise ConfigError(errors)
 
 
 @dataclass(frozen=True)
@@ -101,7 +109,7 @@ class SearchSpec:
     params: dict[str, ParamSpec] = field(default_factory=dict)
     stages: tuple[StageSpec, ...] = ()
     final: FinalSpec = field(default_factory=FinalSpec)
-    costs: CostSpec = field(default_factory=CostSpec)
+    costs: CostModel = field(default_factory=CostModel)
     resources: ResourceSpec = field(default_factory=ResourceSpec)
     max_concurrent: int = 0  # 0: as many trials as the cluster's resources fit
     max_failures: int = 2  # retries of a failed trial, each from its last checkpoint
@@ -127,18 +135,21 @@ class SearchSpec:
         for s in self.stages:
             if s.name == name:
                 return s
-        raise KeyError(f"no stage {name!r}; the spec's stages are {[s.name for s in self.stages]}")
+        raise SearchError(
+            f"no stage {name!r}; the spec's stages are {[s.name for s in self.stages]}"
+        )
 
 
 # ---------------------------------------------------------------- loading
 
 _SECTIONS: dict[str, type] = {
+    "data": DataSpec,
     "universe": UniverseConfig,
     "split": SplitConfig,
     "model": ModelConfig,
     "train": TrainConfig,
     "final": FinalSpec,
-    "costs": CostSpec,
+    "costs": CostModel,
     "resources": ResourceSpec,
 }
 _TOP = {f.name for f in fields(SearchSpec)}
@@ -147,48 +158,13 @@ _SELECT = ("mean", "median", "min")
 _DATA_SIZED = ("n_fundamental_features", "n_price_features", "n_embedding_dim")
 
 
-def _check_types(section: str, cls: type, raw: dict[str, Any], errors: list[str]) -> dict[str, Any]:
-    """Keep the known keys whose values have the field's type; record every problem."""
-    known = {f.name: f for f in fields(cls)}
-    out = {}
-    for k, v in raw.items():
-        if k not in known:
-            errors.append(f"{section}.{k}: unknown key; valid keys: {sorted(known)}")
-            continue
-        want = str(known[k].type)
-        ok = True
-        if want == "int":
-            ok = isinstance(v, int) and not isinstance(v, bool)
-        elif want == "float":
-            ok = isinstance(v, int | float) and not isinstance(v, bool)
-            v = float(v) if ok else v
-        elif want == "bool":
-            ok = isinstance(v, bool)
-        elif want == "str":
-            ok = isinstance(v, str)
-        elif want in ("str | None",):
-            ok = v is None or isinstance(v, str)
-        elif want == "int | None":
-            ok = v is None or (isinstance(v, int) and not isinstance(v, bool))
-        if not ok:
-            errors.append(f"{section}.{k}={v!r}: expected {want}")
-            continue
-        out[k] = v
-    return out
-
-
-def _build(section: str, cls: type, raw: Any, errors: list[str]) -> Any:
+def _section(name: str, cls: type, raw: Any, errors: list[str]) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        errors.append(f"{section}: expected a mapping, got {raw!r}")
+        errors.append(f"{name}: expected a mapping, got {raw!r}")
         return cls()
-    kept = _check_types(section, cls, raw, errors)
-    try:
-        return cls(**kept)
-    except (ValueError, TypeError) as e:
-        errors.append(f"{section}: {e}")
-        return cls()
+    return build(cls, raw, name, errors)
 
 
 def _config_fields() -> dict[str, set[str]]:
@@ -301,8 +277,18 @@ def _build_stages(
     return tuple(stages)
 
 
-def from_dict(raw: Any, source: str = "<spec>", require_stages: bool = True) -> SearchSpec:
-    """Build a SearchSpec, collecting every problem before raising one SpecError."""
+def from_dict(
+    raw: Any, source: str = "<spec>", require_stages: bool = True, grid: bool = True
+) -> SearchSpec:
+    """Build a SearchSpec, collecting every problem (grid points included) before raising.
+
+    Args:
+        grid: also resolve every grid value (`check_grid`); a run's saved spec is read without
+            it, since its trials have already run (a bad point is an ERROR row by then).
+
+    Raises:
+        SpecError: listing every unknown key, bad value and grid value no config accepts.
+    """
     errors: list[str] = []
     if not isinstance(raw, dict):
         raise SpecError(source, [f"expected a mapping of sections, got {type(raw).__name__}"])
@@ -310,20 +296,16 @@ def from_dict(raw: Any, source: str = "<spec>", require_stages: bool = True) -> 
         if k not in _TOP:
             errors.append(f"{k}: unknown section; valid sections: {sorted(_TOP)}")
     kw: dict[str, Any] = {}
+    if isinstance(raw.get("model"), dict):
+        model_raw = dict(raw["model"])
+        for k in _DATA_SIZED:
+            if k in model_raw:
+                errors.append(f"model.{k}: set from the data; remove it from the spec")
+                del model_raw[k]
+        raw = {**raw, "model": model_raw}
     for sec, cls in _SECTIONS.items():
         if sec in raw:
-            kw[sec] = _build(sec, cls, raw[sec], errors)
-    if "model" in raw and isinstance(raw["model"], dict):
-        for k in _DATA_SIZED:
-            if k in raw["model"]:
-                errors.append(f"model.{k}: set from the data; remove it from the spec")
-    data = raw.get("data") or {}
-    if not isinstance(data, dict):
-        errors.append(f"data: expected a mapping, got {data!r}")
-        data = {}
-    synth = _build("data.synth", SynthSpec, data.get("synth"), errors)
-    kw["data"] = _build("data", DataSpec, {k: v for k, v in data.items() if k != "synth"}, errors)
-    kw["data"] = DataSpec(source=kw["data"].source, cache_dir=kw["data"].cache_dir, synth=synth)
+            kw[sec] = _section(sec, cls, raw[sec], errors)
     params = _build_params(raw.get("params"), errors)
     kw["params"] = params
     kw["stages"] = _build_stages(raw.get("stages"), params, errors)
@@ -341,21 +323,37 @@ def from_dict(raw: Any, source: str = "<spec>", require_stages: bool = True) -> 
                 kw[k] = v
             else:
                 errors.append(f"{k}={v!r}: expected a non-empty string")
-    if "name" in kw and kw["name"] and ("/" in kw["name"] or kw["name"].startswith(".")):
+    if kw.get("name") and ("/" in kw["name"] or kw["name"].startswith(".")):
         errors.append(f"name={kw['name']!r}: a run name cannot contain '/' or start with '.'")
-    res = kw.get("resources")
-    if res is not None:
-        if res.cpu <= 0:
-            errors.append(f"resources.cpu={res.cpu}: must be > 0 (fractions such as 0.5 are fine)")
-        if res.gpu < 0 or (res.gpu > 1 and res.gpu != int(res.gpu)):
-            errors.append(
-                f"resources.gpu={res.gpu}: must be a fraction in [0, 1] or a whole number"
-            )
-    if require_stages and not kw["stages"] and not errors:
+    if require_stages and "stages" not in raw and not errors:
         errors.append("stages: the spec defines no stages")
+    spec = SearchSpec(**kw)  # refused sections stand in as their defaults, to check the grid
+    if grid:
+        errors += check_grid(spec)
     if errors:
         raise SpecError(source, errors)
-    return SearchSpec(**kw)
+    return spec
+
+
+def check_grid(spec: SearchSpec) -> list[str]:
+    """Every grid value of every stage that no config accepts, one message each.
+
+    Each value is applied alone on the spec's base configs. The configs check each field on its
+    own (ranges, types), so a value accepted here is accepted on any stage's base: the stage
+    before can only change other fields.
+    """
+    errors = []
+    for st in spec.stages:
+        for key, values in st.grid.items():
+            for v in values:
+                try:
+                    resolve_point(spec, spec.model, spec.train, {key: v})
+                except ConfigError as e:
+                    errors.append(
+                        f"stages.{st.name}.grid.{key}={v!r}: {'; '.join(e.errors)}. Fix: drop "
+                        f"{v!r} from stages.{st.name}.grid.{key}"
+                    )
+    return errors
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -426,8 +424,7 @@ def load(
 
 
 def bundled_specs() -> list[str]:
-    from search.cli import CONFIG_DIR
-
+    """The spec files that ship with the package."""
     return (
         sorted(os.path.join(CONFIG_DIR, f) for f in os.listdir(CONFIG_DIR))
         if os.path.isdir(CONFIG_DIR)
@@ -438,7 +435,11 @@ def bundled_specs() -> list[str]:
 def resolve_point(
     spec: SearchSpec, base_model: ModelConfig, base_train: TrainConfig, point: dict[str, Any]
 ) -> tuple[ModelConfig, TrainConfig]:
-    """The (model, train) configs of one grid point applied on a base."""
+    """The (model, train) configs of one grid point applied on a base.
+
+    Raises:
+        ConfigError: the point sets a value its config refuses.
+    """
     updates: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
     bases = {"model": base_model, "train": base_train}
     for key, value in point.items():
@@ -450,6 +451,22 @@ def resolve_point(
             for t in p.scale or ():
                 sec, name = t.split(".")
                 updates[sec][name] = max(1, int(getattr(bases[sec], name) * value))
-    m = ModelConfig(**{**base_model.to_dict(), **updates["model"]})
-    t = TrainConfig(**{**base_train.to_dict(), **updates["train"]})
+    m = replace(base_model, **updates["model"])
+    t = replace(base_train, **updates["train"])
     return m, t
+
+
+def trial_configs(
+    spec: SearchSpec, base_model: ModelConfig, base_train: TrainConfig, config: dict[str, Any]
+) -> tuple[ModelConfig, TrainConfig, dict[str, Any]]:
+    """A trial's (model, train) configs and its grid point; replicate r shifts the seed.
+
+    Raises:
+        ConfigError: the point sets a value its config refuses.
+    """
+    point = {k: v for k, v in config.items() if k != REPLICATE}
+    mc, tc = resolve_point(spec, base_model, base_train, point)
+    rep = int(config.get(REPLICATE, 0))
+    if rep:
+        tc = replace(tc, seed=tc.seed + REPLICATE_SEED_STRIDE * rep)
+    return mc, tc, point

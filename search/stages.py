@@ -1,38 +1,35 @@
-"""One stage of the search: a grid of trials as one `Tuner.fit`, then results.csv and best.json.
+"""One stage of the search: a grid of trials as one `Tuner.fit`, then its rows and best point.
 
-The experiment lives at RUN_DIR/<stage>/ (Tune's own layout), next to our `results.csv` (one
-row per trial: grid point, replicate, status, error, the metrics of its best evaluation, node,
-memory) and `best.json` (the selected grid point and its resolved configs), both written
-atomically. Selection follows the notebook: each trial's best evaluation by the spec's metric
-(evaluated every `eval_every` epochs); with replicates, a point's score is the mean (or median,
-or min) over its replicates.
+The experiment lives in the stage's attempt directory (`RunDir.stage_path`), Tune's own layout,
+next to results.csv and best.json (written by `rundir`). Trials are read back only through
+Tune's public API: the `ResultGrid` of `Tuner.fit()` (or of a restored Tuner). Selection follows
+the notebook: each trial's best evaluation by the spec's metric (evaluated every `eval_every`
+epochs); with replicates, a point's score is the mean (or median, or min) over its replicates.
+A failed trial is a row with status ERROR and never aborts its stage; a stage with no finished
+trial raises StageFailed.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
+import logging
 import math
+import os
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from ray import tune
 
+from ranker import storage
 from ranker.model import ModelConfig
 from ranker.train import METRICS, TrainConfig
-from search import store
-from search.spec import SearchSpec, StageSpec
-from search.trainable import REPLICATE, run_trial, trial_configs
+from search.errors import Interrupted, StageFailed
+from search.rundir import ERROR, FINISHED, Best, RunDir, TrialRow
+from search.spec import REPLICATE, REPLICATE_SEED_STRIDE, SearchSpec, StageSpec, resolve_point
+from search.trainable import CONFIG_ERROR, run_trial
 
-RESULTS = "results.csv"
-BEST = "best.json"
-
-
-class StageFailed(RuntimeError):
-    """No trial of the stage produced an evaluation."""
+log = logging.getLogger("liquid_search")
 
 
 def param_space(stage: StageSpec) -> dict[str, Any]:
@@ -42,56 +39,81 @@ def param_space(stage: StageSpec) -> dict[str, Any]:
     return space
 
 
-class _Progress(tune.Callback):
-    """One line per finished or failed trial."""
+def point_text(stage: StageSpec, config: dict[str, Any]) -> str:
+    """`key=value ...` of a trial's grid point (and replicate), for log lines."""
+    keys = [*stage.grid, *([REPLICATE] if stage.seeds > 1 else [])]
+    return " ".join(f"{k}={config.get(k)}" for k in keys)
 
-    def __init__(self, stage: StageSpec, metric: str, log: Callable[[str], None]) -> None:
-        self.stage, self.metric, self.log = stage, metric, log
+
+class Progress(tune.Callback):
+    """One log line per finished or failed trial, counted over the stage.
+
+    The Tuner pickles its callbacks with the experiment and a restored Tuner uses that copy, so
+    this holds no handle to the driver (it logs through `logging`) and keeps its count through
+    `get_state`/`set_state`, which Tune saves with every experiment snapshot.
+    """
+
+    def __init__(self, stage: StageSpec, metric: str) -> None:
+        self.stage, self.metric = stage, metric
         self.total = len(stage.points) * stage.seeds
         self.done = 0
 
-    def _point(self, trial: Any) -> str:
-        cfg = trial.config
-        keys = [*self.stage.grid, *([REPLICATE] if self.stage.seeds > 1 else [])]
-        return " ".join(f"{k}={cfg.get(k)}" for k in keys)
+    def get_state(self) -> dict[str, Any]:
+        return {"done": self.done}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.done = int(state.get("done", 0))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.done += 1
         r = trial.last_result or {}
-        self.log(
-            f"[{self.stage.name} {self.done:3d}/{self.total}] {self._point(trial)} | "
-            f"val {self.metric} {r.get('best_' + self.metric, float('nan')):6.2f} "
-            f"(epoch {r.get('best_epoch', '-')}) mean IC {r.get('best_mean_ic', float('nan')):+.4f} "
-            f"long {r.get('best_long_sharpe', float('nan')):5.2f} "
-            f"short {r.get('best_short_sharpe', float('nan')):5.2f} | "
-            f"{r.get('train_seconds', float('nan')):5.1f}s"
+        head = f"[{self.stage.name} {self.done:3d}/{self.total}] {point_text(self.stage, trial.config)}"
+        if CONFIG_ERROR in r:
+            log.info(f"{head} | FAILED: {r[CONFIG_ERROR]}")
+            return
+        nan = math.nan
+        log.info(
+            f"{head} | val {self.metric} {r.get('best_' + self.metric, nan):6.2f} "
+            f"(epoch {r.get('best_epoch', '-')}) mean IC {r.get('best_mean_ic', nan):+.4f} "
+            f"long {r.get('best_long_sharpe', nan):5.2f} "
+            f"short {r.get('best_short_sharpe', nan):5.2f} | "
+            f"{r.get('train_seconds', nan):5.1f}s"
         )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.done += 1
-        self.log(
-            f"[{self.stage.name} {self.done:3d}/{self.total}] {self._point(trial)} | FAILED "
-            f"(after {trial.num_failures} attempt(s)); error in {trial.path}"
+        log.info(
+            f"[{self.stage.name} {self.done:3d}/{self.total}] "
+            f"{point_text(self.stage, trial.config)} | FAILED after {trial.num_failures} "
+            f"attempt(s) (the error is logged above and kept in results.csv)"
         )
+
+
+def _error_line(text: str) -> str:
+    """The last line of an error (a traceback ends with the exception), at most 300 chars."""
+    lines = [ln for ln in str(text).strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else ""
 
 
 def run_stage(
     spec: SearchSpec,
     stage: StageSpec,
-    run_dir: str,
+    run: RunDir,
     base_model: ModelConfig,
     base_train: TrainConfig,
     data: dict[str, Any],
     *,
-    log: Callable[[str], None] = print,
     fault: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> Best:
     """Run (or, if its experiment exists unfinished, resume) one stage; write its results.
 
     Returns:
-        The content of best.json.
+        The stage's best point.
+
+    Raises:
+        StageFailed: no trial of the stage finished an evaluation.
     """
-    exp_dir = store.join(run_dir, stage.name)
+    exp_dir = run.stage_path(stage.name)
     job = {
         "spec": spec,
         "base_model": base_model.to_dict(),
@@ -102,19 +124,20 @@ def run_stage(
         tune.with_parameters(run_trial, data=data, job=job),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
-    metric = spec.train.metric
-    progress = _Progress(stage, metric, log)
+    # Tune snapshots the experiment (which trial finished, each one's latest checkpoint) every
+    # TUNE_GLOBAL_CHECKPOINT_S seconds; `resume` after a crash starts from that snapshot. Its
+    # default ("auto", >= 10 s) could replay up to 10 s of every running trial; a snapshot is a
+    # small JSON file, so once a second costs little and bounds the replay to a second.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     t0 = time.time()
     if tune.Tuner.can_restore(exp_dir):
-        log(f"[{stage.name}] resuming the experiment at {exp_dir} (finished trials are kept)")
+        log.info(f"[{stage.name}] resuming the experiment at {exp_dir} (finished trials are kept)")
         tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True)
-        # A restored Tuner keeps its callbacks out of the saved state: re-attach progress lines.
-        tuner._local_tuner._run_config.callbacks = [progress]
     else:
         n = len(stage.points) * stage.seeds
-        log(
-            f"[{stage.name}] {n} trials ({len(stage.points)} grid points x {stage.seeds} seed(s)), "
-            f"{spec.resources.cpu:g} CPU / {spec.resources.gpu:g} GPU each, from base "
+        log.info(
+            f"[{stage.name}] {n} trials ({len(stage.points)} grid points x {stage.seeds} "
+            f"seed(s)), {spec.resources.cpu:g} CPU / {spec.resources.gpu:g} GPU each, from base "
             f"{_short(base_model, base_train)}"
         )
         tuner = tune.Tuner(
@@ -128,23 +151,39 @@ def run_stage(
                 trial_dirname_creator=lambda t: f"{stage.name}_{t.trial_id}",
             ),
             run_config=tune.RunConfig(
-                name=stage.name,
-                storage_path=run_dir,
+                name=run.stage_dir(stage.name),
+                storage_path=run.path,
                 verbose=0,
-                callbacks=[progress],
+                callbacks=[Progress(stage, spec.train.metric)],
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                # Every checkpoint is kept (a trial writes epochs / eval_every of them, a few MB
+                # each): with a limit, Tune deletes old ones and must snapshot the experiment
+                # after every checkpoint to keep its state consistent, which is slow and warns.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             ),
         )
     grid = tuner.fit()
-    rows = collect(spec, stage, base_model, base_train, grid)
-    best = select(spec, stage, rows, base_model, base_train)
-    best["wall_seconds"] = time.time() - t0
-    write_results(run_dir, stage, rows)
-    store.write_text(store.join(exp_dir, BEST), json.dumps(best, indent=2, default=_json))
-    log(
-        f"[{stage.name}] done: {best['trials']} trials ({best['errors']} failed) in "
-        f"{best['wall_seconds']:.0f}s; best {metric} {best['value']:.3f} at {best['point']}"
+    unfinished = [r for r in grid if r.error is None and not (r.metrics or {}).get("done")]
+    if unfinished:  # Tune stopped on Ctrl-C (SIGINT) and saved its state: nothing to select
+        raise Interrupted(
+            f"stage {stage.name!r} was interrupted with {len(unfinished)} of {len(grid)} trials "
+            f"unfinished; nothing was selected from it. Fix: `liquid-search resume {run.path}` "
+            f"continues it (finished trials are kept, the others continue from their last "
+            f"checkpoint)."
+        )
+    rows = collect(stage, run, base_train, grid)
+    try:
+        best = select(spec, stage, rows, base_model, base_train, time.time() - t0)
+    except StageFailed as e:
+        run.write_rows(stage, rows)  # for `status`: every trial and its error
+        raise StageFailed(
+            f"{e} Fix: fix the cause, then run the stage again with `liquid-search stage "
+            f"{stage.name} --run {run.path}`."
+        ) from None
+    run.write_stage(stage, rows, best)
+    log.info(
+        f"[{stage.name}] done: {best.trials} trials ({best.errors} failed) in "
+        f"{best.wall_seconds:.0f}s; best {best.metric} {best.value:.3f} at {best.point}"
     )
     return best
 
@@ -158,114 +197,142 @@ def _short(m: ModelConfig, t: TrainConfig) -> str:
     )
 
 
-def _json(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(f"not JSON serialisable: {o!r}")
-
-
-def collect(
-    spec: SearchSpec, stage: StageSpec, base_model: ModelConfig, base_train: TrainConfig, grid: Any
-) -> list[dict[str, Any]]:
-    """One row per trial from a ResultGrid, in grid order."""
+def collect(stage: StageSpec, run: RunDir, base_train: TrainConfig, grid: Any) -> list[TrialRow]:
+    """One row per trial of a ResultGrid, in grid order. A trial that failed, or never
+    started, is a row with status ERROR and its error; nothing here raises for it."""
     rows = []
-    for result in grid:
-        if result.config is None:  # a trial that never started (its actor could not be placed)
-            raise StageFailed(
-                f"stage {stage.name!r}: a trial never started ({result.error}). Check that the "
-                f"cluster can place a trial's resources ({spec.resources}) and reach the storage."
-            )
-        cfg = dict(result.config)
-        m = result.metrics or {}
-        _, tc, point = trial_configs(spec, base_model, base_train, cfg)
-        err = result.error
-        row: dict[str, Any] = {
-            "trial_id": m.get("trial_id") or result.path.rstrip("/").rsplit("_", 1)[-1],
-            **point,
-            REPLICATE: int(cfg.get(REPLICATE, 0)),
-            "seed": tc.seed,
-            "status": "ERROR" if err is not None else "TERMINATED",
-            "error": ""
-            if err is None
-            else f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:300]}",
-            "epochs": m.get("epoch", 0),
-            "best_epoch": m.get("best_epoch", 0),
-            **{k: m.get(f"best_{k}", math.nan) for k in METRICS},
-            "train_seconds": m.get("train_seconds", math.nan),
-            "restored": m.get("restored", 0),
-            "node_id": m.get("node_id", ""),
-            "data_zero_copy": m.get("data_zero_copy", ""),
-            "mem_private_mb": m.get("mem_private_mb", math.nan),
-            "mem_rss_mb": m.get("mem_rss_mb", math.nan),
-            "path": result.path,
-        }
-        if "epoch" not in m:
-            row["status"] = "ERROR"
-        rows.append(row)
     keys = list(stage.grid)
+    for result in grid:
+        cfg = dict(result.config or {})
+        m = result.metrics or {}
+        error = ""
+        if result.error is not None:
+            error = f"{type(result.error).__name__}: {_error_line(str(result.error))}"
+        elif CONFIG_ERROR in m:
+            error = m[CONFIG_ERROR]
+        elif "epoch" not in m:
+            error = "the trial ended without an evaluation"
+        rep = int(cfg.get(REPLICATE, 0))
+        ck = result.checkpoint
+        rows.append(
+            TrialRow(
+                trial_id=os.path.basename(result.path.rstrip("/")).removeprefix(f"{stage.name}_"),
+                point={k: float(cfg[k]) if k in cfg else math.nan for k in keys},
+                replicate=rep,
+                seed=base_train.seed + REPLICATE_SEED_STRIDE * rep,
+                status=ERROR if error else FINISHED,
+                error=error,
+                epochs=int(m.get("epoch", 0)),
+                best_epoch=int(m.get("best_epoch", 0)),
+                metrics={k: float(m.get(f"best_{k}", math.nan)) for k in METRICS},
+                train_seconds=float(m.get("train_seconds", math.nan)),
+                restored=int(m.get("restored", 0)),
+                node_id=str(m.get("node_id", "")),
+                device=str(m.get("device", "")),
+                data_zero_copy=bool(m.get("data_zero_copy", False)),
+                mem_private_mb=float(m.get("mem_private_mb", math.nan)),
+                mem_rss_mb=float(m.get("mem_rss_mb", math.nan)),
+                checkpoint=run.relative(ck.path) if ck is not None else "",
+            )
+        )
     order = {tuple(p[k] for k in keys): i for i, p in enumerate(stage.points)}
-    rows.sort(key=lambda r: (order.get(tuple(r[k] for k in keys), 1 << 30), r[REPLICATE]))
+    rows.sort(key=lambda r: (order.get(tuple(r.point[k] for k in keys), 1 << 30), r.replicate))
     return rows
 
 
 def select(
     spec: SearchSpec,
     stage: StageSpec,
-    rows: list[dict[str, Any]],
+    rows: list[TrialRow],
     base_model: ModelConfig,
     base_train: TrainConfig,
-) -> dict[str, Any]:
-    """The best grid point by the spec's metric (replicates combined by stage.select)."""
+    wall_seconds: float,
+) -> Best:
+    """The best grid point by the spec's metric (replicates combined by stage.select).
+
+    Raises:
+        StageFailed: no trial finished an evaluation.
+    """
     metric = spec.train.metric
-    keys = list(stage.grid)
     combine = {"mean": np.mean, "median": np.median, "min": np.min}[stage.select]
     scored = []
     for i, p in enumerate(stage.points):
-        vals = [
-            r[metric] for r in rows
-            if all(r[k] == p[k] for k in keys) and r["status"] == "TERMINATED"
-            and not math.isnan(r[metric])
-        ]  # fmt: skip
+        vals = [r.metrics[metric] for r in rows if r.matches(p) and r.finished(metric)]
         if vals:
             scored.append((float(combine(vals)), -i, p, vals))
     if not scored:
-        errors = [r["error"] for r in rows if r["error"]]
+        errors = [r.error for r in rows if r.error]
         raise StageFailed(
-            f"stage {stage.name!r}: no trial produced an evaluation ({len(rows)} trials). "
-            f"First error: {errors[0] if errors else 'none recorded'}. Each trial's error.txt is "
-            f"under its directory in the stage's experiment."
+            f"stage {stage.name!r}: none of its {len(rows)} trials finished an evaluation, so "
+            f"there is nothing to select (first error: {errors[0] if errors else 'none'})."
         )
     value, _, point, vals = max(scored, key=lambda s: (s[0], s[1]))
-    mc, tc = trial_configs(spec, base_model, base_train, dict(point))[:2]
-    return {
-        "stage": stage.name,
-        "metric": metric,
-        "value": value,
-        "replicate_values": vals,
-        "replicate_std": float(np.std(vals)) if len(vals) > 1 else 0.0,
-        "select": stage.select,
-        "point": point,
-        "model": mc.to_dict(),
-        "train": tc.to_dict(),
-        "trials": len(rows),
-        "errors": sum(r["status"] == "ERROR" for r in rows),
-    }
+    mc, tc = resolve_point(spec, base_model, base_train, dict(point))
+    return Best(
+        stage=stage.name,
+        metric=metric,
+        value=value,
+        replicate_values=vals,
+        replicate_std=float(np.std(vals)) if len(vals) > 1 else 0.0,
+        select=stage.select,
+        point=dict(point),
+        model=mc.to_dict(),
+        train=tc.to_dict(),
+        trials=len(rows),
+        errors=sum(r.status == ERROR for r in rows),
+        wall_seconds=wall_seconds,
+    )
 
 
-def write_results(run_dir: str, stage: StageSpec, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    store.write_text(store.join(run_dir, stage.name, RESULTS), buf.getvalue())
+@dataclass(frozen=True)
+class LiveTrial:
+    """A trial of a stage that has not finished, as Tune last recorded it."""
+
+    trial_id: str
+    point: dict[str, float]
+    replicate: int
+    status: str  # Tune's: PENDING, RUNNING, PAUSED, TERMINATED, ERROR
+    epoch: int
+    best_epoch: int
+    metrics: dict[str, float]  # of the best evaluation so far
+    node_id: str
+    error: str
 
 
-def read_results(run_dir: str, stage: str) -> list[dict[str, Any]]:
-    text = store.read_text(store.join(run_dir, stage, RESULTS))
-    return list(csv.DictReader(io.StringIO(text)))
-
-
-def read_best(run_dir: str, stage: str) -> dict[str, Any] | None:
-    path = store.join(run_dir, stage, BEST)
-    return json.loads(store.read_text(path)) if store.exists(path) else None
+def live_trials(run: RunDir, stage: StageSpec) -> list[LiveTrial] | None:
+    """The trials of an unfinished stage, through `tune.ExperimentAnalysis` (Tune's public
+    reader of its experiment snapshot and of each trial's reported results); works on object
+    stores too. None when Tune has not written its first snapshot yet."""
+    exp_dir = run.stage_path(stage.name)
+    fs, path = storage.filesystem(exp_dir)
+    try:
+        ea = tune.ExperimentAnalysis(path, storage_filesystem=fs)
+    except ValueError:  # "No experiment snapshot file ... was found"
+        return None
+    frames = ea.trial_dataframes
+    out = []
+    for t in ea.trials:
+        last: dict[str, Any] = dict(t.last_result or {})
+        df = frames.get(t.trial_id)
+        if df is not None and len(df) and "epoch" in df:
+            fresh = df.iloc[-1].to_dict()  # result.json can be newer than the snapshot
+            if int(fresh.get("epoch", 0)) >= int(last.get("epoch", 0)):
+                last = fresh
+        cfg = t.config or {}
+        error = str(last.get(CONFIG_ERROR, "")) or (
+            _error_line(t.get_error() or "") if t.status == "ERROR" else ""
+        )
+        out.append(
+            LiveTrial(
+                trial_id=t.trial_id,
+                point={k: float(cfg[k]) for k in stage.grid if k in cfg},
+                replicate=int(cfg.get(REPLICATE, 0)),
+                status="ERROR" if error else t.status,
+                epoch=int(last.get("epoch", 0) or 0),
+                best_epoch=int(last.get("best_epoch", 0) or 0),
+                metrics={k: float(last.get(f"best_{k}", math.nan)) for k in METRICS},
+                node_id=str(last.get("node_id", "") or ""),
+                error=error,
+            )
+        )
+    return out

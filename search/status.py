@@ -1,27 +1,21 @@
-"""`liquid-search status`: a run's stages and trials as a table, finished or in flight."""
+"""`liquid-search status`: a run's stages and trials as text, finished or in flight.
+
+A finished stage is shown from its results (`rundir`); a stage in flight or interrupted from
+Tune's own record of its trials (`stages.live_trials`, through `tune.ExperimentAnalysis`), so it
+works on a run under s3:// or gs:// as well as on a local one.
+"""
 
 from __future__ import annotations
 
-import json
-import math
 from typing import Any
 
-from ranker.train import METRICS
-from search import store
-from search.stages import RESULTS, read_best, read_results
+from search.analysis import point_table
+from search.report.document import fmt
+from search.rundir import ERROR, Run, StageRecord
+from search.spec import REPLICATE
+from search.stages import LiveTrial, live_trials
 
 _COLS = ("ic_sharpe", "mean_ic", "long_sharpe", "short_sharpe", "ls_sharpe")
-
-
-def _fmt(v: Any, col: str = "") -> str:
-    """A metric: mean IC with a sign and 4 decimals, the rest with 2."""
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return str(v)
-    if math.isnan(f):
-        return "-"
-    return f"{f:+.4f}" if col == "mean_ic" else f"{f:.2f}"
 
 
 def _key(v: Any) -> str:
@@ -32,7 +26,7 @@ def _key(v: Any) -> str:
         return str(v)
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def table(header: list[str], rows: list[list[str]]) -> str:
     widths = [
         max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
     ]
@@ -42,40 +36,9 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def _in_flight(run_dir: str, stage: str, keys: list[str], metric: str) -> list[dict[str, Any]]:
-    """Trials of an unfinished stage, read from Tune's trial directories."""
-    exp = store.join(run_dir, stage)
-    rows = []
-    for name in store.listdir(exp):
-        tdir = store.join(exp, name)
-        params, result = store.join(tdir, "params.json"), store.join(tdir, "result.json")
-        if not store.exists(params):
-            continue
-        cfg = json.loads(store.read_text(params))
-        last: dict[str, Any] = {}
-        if store.exists(result):
-            lines = [ln for ln in store.read_text(result).splitlines() if ln.strip()]
-            if lines:
-                last = json.loads(lines[-1])
-        status = "ERROR" if store.exists(store.join(tdir, "error.txt")) else (
-            "RUNNING/PENDING" if last else "PENDING")  # fmt: skip
-        rows.append({
-            **{k: cfg.get(k, "") for k in keys},
-            "replicate": cfg.get("replicate", 0),
-            "status": status,
-            "epochs": last.get("epoch", 0),
-            "best_epoch": last.get("best_epoch", ""),
-            **{k: last.get(f"best_{k}", math.nan) for k in METRICS},
-            "node_id": last.get("node_id", ""),
-        })  # fmt: skip
-    return rows
-
-
-def _overfitting_lines(run_dir: str) -> dict[str, str]:
-    """Per stage (and 'final'): PBO and deflated Sharpe from analysis.json, when written."""
-    from search.analysis import read_analysis
-
-    a = read_analysis(run_dir)
+def _overfitting(run: Run) -> dict[str, str]:
+    """Per stage (and 'final'): PBO and deflated Sharpe from the run's analysis, when written."""
+    a = run.analysis
     if not a:
         return {}
     out = {}
@@ -101,72 +64,89 @@ def _overfitting_lines(run_dir: str) -> dict[str, str]:
     return out
 
 
-def render(run_dir: str) -> str:
-    """The status of a run as text."""
-    from search.driver import SUMMARY, load_spec
+def _counts(statuses: list[str], total: int) -> str:
+    n = {s: statuses.count(s) for s in set(statuses)}
+    done = n.get("TERMINATED", 0)
+    failed = n.get(ERROR, 0)
+    running = n.get("RUNNING", 0)
+    pending = total - done - failed - running
+    return f"{done}/{total} done, {running} running, {pending} pending, {failed} failed"
 
-    run_dir = store.absolute(run_dir)
-    spec = load_spec(run_dir)
-    metric = spec.train.metric
-    out = [f"run {run_dir}"]
-    overfit = _overfitting_lines(run_dir)
-    for st in spec.stages:
-        keys = list(st.grid)
-        best = read_best(run_dir, st.name)
-        if best is not None and store.exists(store.join(run_dir, st.name, RESULTS)):
-            rows = read_results(run_dir, st.name)
-            state = f"done: best {metric} {best['value']:.3f} at {best['point']}"
-            if st.seeds > 1:
-                state += f" (mean of {st.seeds} seeds, std {best.get('replicate_std', 0):.3f})"
-        elif store.exists(store.join(run_dir, st.name)):
-            rows = _in_flight(run_dir, st.name, keys, metric)
-            state = "in flight / interrupted (resume continues it)"
-        else:
-            out.append(f"\n[{st.name}] not started ({len(st.points) * st.seeds} trials)")
-            continue
-        n_err = sum(r["status"] == "ERROR" for r in rows)
-        if best is not None and overfit.get(st.name):
-            state += overfit[st.name]
-        out.append(
-            f"\n[{st.name}] {len(rows)}/{len(st.points) * st.seeds} trials, {n_err} failed; {state}"
-        )
-        header = [*keys, *(["rep"] if st.seeds > 1 else []), "status", "epochs", "best_ep", *_COLS]
-        table = []
-        for r in rows:
-            table.append([
-                *(_key(r[k]) for k in keys),
-                *([str(r.get("replicate", 0))] if st.seeds > 1 else []),
-                str(r["status"]), str(r["epochs"]), str(r["best_epoch"]),
-                *(_fmt(r.get(c, math.nan), c) for c in _COLS),
-            ])  # fmt: skip
-        out.append(_table(header, table))
-        if st.seeds > 1 and best is not None:
-            from search.analysis import point_table
 
-            pts = point_table(run_dir, st.name)
-            out.append("per point, mean ± std over seeds:")
-            out.append(_table(
-                [*keys, "n", *_COLS],
-                [[*(_key(p[k]) for k in keys), str(p["n"]),
-                  *(f"{_fmt(p[c], c)} ± {_fmt(p[c + '_std'], c)}" for c in _COLS)] for p in pts],
-            ))  # fmt: skip
-    summary_path = store.join(run_dir, SUMMARY)
-    if store.exists(summary_path):
-        s = json.loads(store.read_text(summary_path))
-        f = s["final"]
-        out.append("\n[final] " + "  ".join(
-            f"{k} val {_fmt(f['val'][k], k)} test {_fmt(f['test'][k], k)}" for k in ("ic_sharpe", "mean_ic", "ls_sharpe")))  # fmt: skip
-        c = f.get("costs", {})
-        if c:
-            out.append(f"        L/S net sharpe (flat costs) {_fmt(c.get('ls_net_sharpe'))}")
-        if s.get("baseline"):
-            b = s["baseline"]["test"]
-            out.append(
-                f"[baseline: full universe] test ic_sharpe {_fmt(b['ic_sharpe'])} mean_ic {_fmt(b['mean_ic'], 'mean_ic')} ls_sharpe {_fmt(b['ls_sharpe'])}"
-            )
-        if overfit.get("final"):
-            out.append("        " + overfit["final"].strip("; "))
-        out.append(f"checkpoint {s['checkpoint']}")
+def _stage_lines(run: Run, st: StageRecord, overfit: dict[str, str]) -> list[str]:
+    spec, metric = st.spec, run.spec.train.metric
+    keys = list(spec.grid)
+    total = len(spec.points) * spec.seeds
+    rep = spec.seeds > 1
+    header = [*keys, *(["rep"] if rep else []), "status", "epochs", "best_ep", *_COLS]
+    if st.done:
+        assert st.rows is not None and st.best is not None
+        b = st.best
+        state = f"done: best {metric} {b.value:.3f} at {b.point}"
+        if rep:
+            state += f" ({b.select} of {spec.seeds} seeds, std {b.replicate_std:.3f})"
+        state += overfit.get(st.name, "")
+        rows: list[Any] = st.rows
+        statuses = [r.status for r in st.rows]
     else:
+        live = live_trials(run.dir, spec) if st.rows is None else None
+        if st.rows is not None:  # results without a best: every trial failed
+            rows, state = st.rows, "failed: no trial finished an evaluation"
+        elif live is None:
+            return [f"\n[{st.name}] not started ({total} trials)"]
+        else:
+            rows, state = live, "in flight or interrupted (`liquid-search resume` continues it)"
+        statuses = [r.status for r in rows]
+    lines = [f"\n[{st.name}] {_counts(statuses, total)}; {state}"]
+    body = []
+    for r in rows:
+        epochs = r.epochs if not isinstance(r, LiveTrial) else r.epoch
+        body.append([
+            *(_key(r.point.get(k, "")) for k in keys), *([str(r.replicate)] if rep else []),
+            r.status, str(epochs), str(r.best_epoch or "-"),
+            *(fmt(r.metrics.get(c), c) for c in _COLS),
+        ])  # fmt: skip
+    lines.append(table(header, body))
+    errors = [(r.point, r.replicate, r.error) for r in rows if r.error]
+    for point, replicate, error in errors:
+        where = " ".join(f"{k}={_key(v)}" for k, v in point.items())
+        where += f" {REPLICATE}={replicate}" if rep else ""
+        lines.append(f"  error at {where}: {error}")
+    if st.done and rep:
+        pts = point_table(run, st.name)
+        lines.append(f"per point, mean ± std over seeds (selection: {spec.select}):")
+        lines.append(table(
+            [*keys, "n", *_COLS],
+            [[*(_key(p[k]) for k in keys), str(p["n"]),
+              *(f"{fmt(p[c], c)} ± {fmt(p[c + '_std'], c)}" for c in _COLS)] for p in pts],
+        ))  # fmt: skip
+    return lines
+
+
+def render(run: Run) -> str:
+    """The status of a loaded run as text."""
+    out = [f"run {run.path}"]
+    overfit = _overfitting(run)
+    for st in run.stages:
+        out += _stage_lines(run, st, overfit)
+    s = run.summary
+    if s is None:
         out.append("\n[final] not done")
+        return "\n".join(out)
+    f = s["final"]
+    out.append("\n[final] " + "  ".join(
+        f"{k} val {fmt(f['val'][k], k)} test {fmt(f['test'][k], k)}"
+        for k in ("ic_sharpe", "mean_ic", "ls_sharpe")) + f"  (on {f.get('device', 'cpu')})")  # fmt: skip
+    c = f.get("costs", {})
+    if c:
+        out.append(f"        L/S net sharpe (flat costs) {fmt(c.get('ls_net_sharpe'))}")
+    if s.get("baseline"):
+        b = s["baseline"]["test"]
+        out.append(
+            f"[baseline: full universe] test ic_sharpe {fmt(b['ic_sharpe'])} mean_ic "
+            f"{fmt(b['mean_ic'], 'mean_ic')} ls_sharpe {fmt(b['ls_sharpe'])}"
+        )
+    if overfit.get("final"):
+        out.append("        " + overfit["final"])
+    out.append(f"checkpoint {s['checkpoint']}")
     return "\n".join(out)

@@ -1,9 +1,15 @@
 """The Tune trainable: a thin shell around `ranker.train.fit`.
 
 It builds the trial's configs from its grid point, reads the Panels zero-copy from the object
-store, resumes from the trial's last checkpoint when Tune retries it, and turns every evaluation
-into `tune.report(metrics, checkpoint=...)`. Each checkpoint holds the resumable training state
-and the per-date validation series of the best evaluation so far.
+store, resumes from the trial's last checkpoint when Tune retries or restores it, and turns every
+evaluation into `tune.report(metrics, checkpoint=...)`. Each checkpoint (`rundir.TrialCheckpoint`)
+holds the resumable training state and the per-date validation series of the best evaluation so
+far.
+
+A trial whose config cannot be built, or that asked for a GPU on a node without one, fails at
+once: it reports the error as its one result and ends, so Tune does not retry a mistake that
+would fail the same way every time. Other errors raise, and Tune retries the trial from its last
+checkpoint up to `max_failures` times.
 """
 
 from __future__ import annotations
@@ -12,27 +18,30 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import replace
+import time
 from typing import Any
 
-import numpy as np
 import ray
 import torch
 from ray import tune
 
+from ranker import storage
+from ranker.config import ConfigError
 from ranker.model import ModelConfig
 from ranker.train import Evaluation, TrainConfig, fit
-from search.spec import SearchSpec, resolve_point
+from search.errors import SearchError
+from search.rundir import Series, TrialCheckpoint, read_series, read_state
+from search.spec import SearchSpec, trial_configs
 
-STATE_FILE = "state.pt"
-SERIES_FILE = "daily.npz"
-POINT_FILE = "point.json"
-REPLICATE = "replicate"
-REPLICATE_SEED_STRIDE = 1000
+CONFIG_ERROR = "config_error"  # the key of the one result a trial that cannot run reports
 
 
 class InjectedFault(RuntimeError):
     """Raised by the fault hook (tests and chaos drills only)."""
+
+
+class TrialCannotRun(RuntimeError):
+    """A deterministic problem with a trial: retrying it would fail the same way."""
 
 
 def memory_mb() -> dict[str, float]:
@@ -52,16 +61,22 @@ def memory_mb() -> dict[str, float]:
     return out
 
 
-def trial_configs(
-    spec: SearchSpec, base_model: ModelConfig, base_train: TrainConfig, config: dict[str, Any]
-) -> tuple[ModelConfig, TrainConfig, dict[str, Any]]:
-    """The trial's (model, train) configs and its grid point; replicates shift the seed."""
-    point = {k: v for k, v in config.items() if k != REPLICATE}
-    mc, tc = resolve_point(spec, base_model, base_train, point)
-    rep = int(config.get(REPLICATE, 0))
-    if rep:
-        tc = replace(tc, seed=tc.seed + REPLICATE_SEED_STRIDE * rep)
-    return mc, tc, point
+def trial_device(gpu: float) -> str:
+    """The device of a trial that reserved `gpu` GPUs.
+
+    Raises:
+        TrialCannotRun: it reserved a GPU share but this process sees no CUDA device.
+    """
+    if gpu <= 0:
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise TrialCannotRun(
+            f"the trial reserved resources.gpu={gpu:g} but torch sees no CUDA device on node "
+            f"{ray.util.get_node_ip_address()} (torch {torch.__version__}, "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}). Fix: install a "
+            f"CUDA build of torch on the GPU nodes, or run with resources.gpu=0."
+        )
+    return "cuda"
 
 
 def run_trial(config: dict[str, Any], data: dict[str, Any], job: dict[str, Any]) -> None:
@@ -70,33 +85,31 @@ def run_trial(config: dict[str, Any], data: dict[str, Any], job: dict[str, Any])
     Args:
         config: the trial's grid point (and replicate index).
         data: object refs of the `train` and `val` Panels.
-        job: the resolved spec, the stage's base configs, resources and an optional fault.
+        job: the resolved spec, the stage's base configs, and an optional fault.
     """
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # no line per checkpoint
     spec: SearchSpec = job["spec"]
-    base_model = ModelConfig.from_dict(job["base_model"])
-    base_train = TrainConfig.from_dict(job["base_train"])
-    mc, tc, point = trial_configs(spec, base_model, base_train, config)
-
+    try:
+        base_model = ModelConfig.from_dict(job["base_model"])
+        base_train = TrainConfig.from_dict(job["base_train"])
+        mc, tc, point = trial_configs(spec, base_model, base_train, config)
+        device = trial_device(spec.resources.gpu)
+    except (ConfigError, TrialCannotRun) as e:
+        tune.report({CONFIG_ERROR: f"{type(e).__name__}: {e}"})
+        return
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
-    device = "cpu"
-    if spec.resources.gpu > 0 and torch.cuda.is_available():
-        device = "cuda"
-        if spec.resources.gpu < 1:
-            torch.cuda.set_per_process_memory_fraction(spec.resources.gpu)
+    if device == "cuda" and spec.resources.gpu < 1:
+        torch.cuda.set_per_process_memory_fraction(spec.resources.gpu)
 
     train, val = ray.get([data["train"], data["val"]])  # zero-copy, read-only views
 
     resume = None
-    best_series: dict[str, np.ndarray] | None = None
+    best_series: Series | None = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            resume = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
-            series_path = os.path.join(d, SERIES_FILE)
-            if os.path.exists(series_path):
-                with np.load(series_path) as z:
-                    best_series = {k: z[k] for k in z.files}
+            resume = read_state(d)
+            best_series = read_series(d)
     restored = 0 if resume is None else int(resume.get("restored", 0)) + 1
     node_id = ray.get_runtime_context().get_node_id()
     fault = job.get("fault")
@@ -104,12 +117,7 @@ def run_trial(config: dict[str, Any], data: dict[str, Any], job: dict[str, Any])
     def on_eval(ev: Evaluation) -> None:
         nonlocal best_series
         if ev.is_best and ev.daily is not None:
-            d = ev.daily
-            best_series = {
-                "date_idx": d.date_idx, "ic": d.ic, "long": d.long, "short": d.short, "ls": d.ls,
-                "long_symbols": val.symbol_ids[d.long_rows],
-                "short_symbols": val.symbol_ids[d.short_rows],
-            }  # fmt: skip
+            best_series = Series.from_daily(ev.daily, val)
         metrics = {
             "epoch": ev.epoch,
             "train_loss": ev.train_loss,
@@ -119,6 +127,7 @@ def run_trial(config: dict[str, Any], data: dict[str, Any], job: dict[str, Any])
             "train_seconds": ev.seconds,
             "restored": restored,
             "node_id": node_id,
+            "device": device,
             # Read-only arrays are views of the object store's copy, not private copies.
             "data_zero_copy": not (train.emb.flags.writeable or val.emb.flags.writeable),
             **memory_mb(),
@@ -126,13 +135,12 @@ def run_trial(config: dict[str, Any], data: dict[str, Any], job: dict[str, Any])
         with tempfile.TemporaryDirectory() as d:
             state = ev.state()
             state["restored"] = restored
-            torch.save(state, os.path.join(d, STATE_FILE))
-            if best_series is not None:
-                np.savez(os.path.join(d, SERIES_FILE), **best_series)
-            with open(os.path.join(d, POINT_FILE), "w") as f:
-                json.dump({"point": point, "model": mc.to_dict(), "train": tc.to_dict()}, f)
+            TrialCheckpoint(state, best_series, point, mc.to_dict(), tc.to_dict()).write(d)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
         if fault and _fault_hits(fault, config, ev.epoch, resume is not None):
+            if fault["mode"] == "hang":  # a trial stuck after a checkpoint, for kill drills
+                storage.write_text(fault["marker"], json.dumps({"epoch": ev.epoch, **config}))
+                time.sleep(24 * 3600)
             raise InjectedFault(
                 f"injected fault at epoch {ev.epoch} of trial {config} ({fault['mode']})"
             )
@@ -147,16 +155,29 @@ def _fault_hits(fault: dict[str, Any], config: dict[str, Any], epoch: int, resum
     at = fault.get("epoch", 1)
     if fault.get("mode", "once") == "always":
         return epoch >= at  # every attempt fails, resumed or not
-    return epoch == at and not resumed
+    return epoch == at and not resumed  # once, hang: the first attempt only
 
 
 def parse_fault(text: str | None) -> dict[str, Any] | None:
-    """LIQUID_SEARCH_FAULT='{"stage": "architecture", "point": {...}, "epoch": 1, "mode": "once"}'."""
+    """LIQUID_SEARCH_FAULT='{"stage": "architecture", "point": {...}, "epoch": 1, "mode": "once"}'.
+
+    Modes: once (the first attempt raises at that epoch), always (every attempt raises from
+    that epoch on), hang (the first attempt writes {"epoch": ...} to `marker`, a path or URI,
+    and then sleeps, after its checkpoint of that epoch: a trial to kill mid-stage).
+
+    Raises:
+        SearchError: the text is not such an object.
+    """
     if not text:
         return None
-    fault = json.loads(text)
-    if not isinstance(fault, dict) or fault.get("mode", "once") not in ("once", "always"):
-        raise ValueError(
-            f"LIQUID_SEARCH_FAULT={text!r}: expected a JSON object with mode once|always"
+    try:
+        fault = json.loads(text)
+    except json.JSONDecodeError:
+        fault = None
+    ok = isinstance(fault, dict) and fault.get("mode", "once") in ("once", "always", "hang")
+    if not ok or (fault["mode"] == "hang" and not fault.get("marker")):
+        raise SearchError(
+            f"LIQUID_SEARCH_FAULT={text!r}: not a JSON object with mode once|always|hang (hang "
+            f"with a marker path). Fix: unset it (it is a test and chaos-drill hook)."
         )
     return fault

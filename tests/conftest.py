@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -52,14 +53,42 @@ def smoke_spec(tiny_market: Path, **overrides: str):
     return sp
 
 
+class Lines(logging.Handler):
+    """Collects the search's log lines (logger `liquid_search`) while installed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def __enter__(self) -> list[str]:
+        logger = logging.getLogger("liquid_search")
+        logger.setLevel(logging.INFO)
+        logger.addHandler(self)
+        return self.lines
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger("liquid_search").removeHandler(self)
+
+
+def run_search(sp, run_dir: Path | str, **kwargs):
+    """driver.run as the CLI calls it: load the spec's data, then run in `run_dir`."""
+    from search import driver
+    from search.data import data_source, load_data
+    from search.rundir import RunDir
+
+    source = data_source(sp, kwargs.pop("source", None))
+    return driver.run(sp, RunDir(str(run_dir)), load_data(sp, source), source, **kwargs)
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tiny_market: Path, ray_local, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A complete smoke search (3 stages x 2 points, final, baseline) in a run directory."""
-    from search import driver
-
     run_dir = tmp_path_factory.mktemp("runs") / "smoke"
-    lines: list[str] = []
-    driver.run(smoke_spec(tiny_market), str(run_dir), log=lines.append)
+    with Lines() as lines:
+        run_search(smoke_spec(tiny_market), run_dir)
     (run_dir / "driver.log").write_text("\n".join(lines))
     return run_dir
 
@@ -71,9 +100,6 @@ GRID = {"stages.architecture.grid": "{latent_scale: [0.5, 1.0], news_alpha: [0.6
 @pytest.fixture(scope="session")
 def grid_run(tiny_market: Path, ray_local, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Stage 'architecture' alone on a 2 x 2 grid with 2 seeds (8 trials), no final model."""
-    from search import driver
-
     run_dir = tmp_path_factory.mktemp("runs") / "grid"
-    driver.run(smoke_spec(tiny_market, **GRID), str(run_dir), stop_after="architecture",
-               log=lambda _: None)  # fmt: skip
+    run_search(smoke_spec(tiny_market, **GRID), run_dir, stop_after="architecture")
     return run_dir

@@ -15,18 +15,18 @@ from ranker.metrics import evaluate_bounds
 from ranker.model import ModelConfig, MultiBranchRanker
 from ranker.overfit import deflated_sharpe_ratio
 from ranker.train import METRICS, score
-from search import analysis
 from search.analysis import (
     analyze,
     blocks_for,
     point_table,
     selected_dsr,
     selected_trial,
+    series_pbo,
     stage_pbo,
     top_test,
-    trial_series,
 )
-from search.stages import read_best
+from search.errors import RunDirError
+from search.rundir import RunDir, Series
 
 STAGES = ["architecture", "training", "dropout"]
 
@@ -43,8 +43,8 @@ def _model(ckpt: Path) -> MultiBranchRanker:
     return model
 
 
-def _latest(trial_dir: str) -> Path:
-    return max(Path(trial_dir).glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[1]))
+def _run(path: Path):
+    return RunDir(str(path)).load()
 
 
 # --- PBO ----------------------------------------------------------------------------------------
@@ -60,7 +60,7 @@ def test_blocks_for_lowers_s_to_an_even_half_of_t():
 def test_stage_pbo_on_a_run(smoke_run: Path):
     for st in STAGES:
         n_done = sum(r["status"] == "TERMINATED" for r in _csv(smoke_run, st))
-        r = stage_pbo(str(smoke_run), st)
+        r = stage_pbo(_run(smoke_run), st)
         assert "skipped" not in r, r
         assert 0.0 <= r["pbo"] <= 1.0
         assert r["n_trials"] == n_done == 2
@@ -70,27 +70,33 @@ def test_stage_pbo_on_a_run(smoke_run: Path):
 
 
 def test_stage_pbo_lowers_s_when_dates_are_few(smoke_run: Path):
-    t = stage_pbo(str(smoke_run), "architecture")["n_dates"]
-    r = stage_pbo(str(smoke_run), "architecture", n_blocks=2 * t + 2)
+    run = _run(smoke_run)
+    t = stage_pbo(run, "architecture")["n_dates"]
+    r = stage_pbo(run, "architecture", n_blocks=2 * t + 2)
     assert r["n_blocks"] == blocks_for(t, 2 * t + 2) == (t // 2) - (t // 2) % 2
     assert r["n_dates_used"] == (t // r["n_blocks"]) * r["n_blocks"]
     assert 0.0 <= r["pbo"] <= 1.0
 
 
-def test_stage_pbo_aligns_dates_and_skips_with_a_reason(monkeypatch):
+def _series(dates: np.ndarray, ic: np.ndarray) -> Series:
+    n = len(dates)
+    zeros, books = np.zeros(n), np.zeros((n, 5), np.int32)
+    return Series(dates.astype("datetime64[D]"), ic, zeros, zeros, zeros, books, books)
+
+
+def test_series_pbo_aligns_dates_and_skips_with_a_reason():
     rng = np.random.default_rng(0)
-    a = {"date_idx": np.arange(30), "ic": rng.normal(0.05, 0.1, 30)}
-    b = {"date_idx": np.arange(2, 30), "ic": rng.normal(0.05, 0.1, 28)}
-    b["ic"][5] = np.nan  # date 7 undefined for b: dropped for everyone
-    dead = {"date_idx": np.arange(30), "ic": np.full(30, np.nan)}
-    series = {"a": a, "b": b, "dead": dead}
-    monkeypatch.setattr(analysis, "trial_series", lambda run_dir, stage: series)
-    r = stage_pbo("unused", "s", n_blocks=16)
+    day = np.datetime64("2024-01-01") + np.arange(30)
+    a = _series(day, rng.normal(0.05, 0.1, 30))
+    ic_b = rng.normal(0.05, 0.1, 28)
+    ic_b[5] = np.nan  # date 7 undefined for b: dropped for everyone
+    b = _series(day[2:][::-1], ic_b[::-1])  # any order: aligned on the dates themselves
+    dead = _series(day, np.full(30, np.nan))
+    r = series_pbo({"a": a, "b": b, "dead": dead}, n_blocks=16)
     assert r["n_trials"] == 2 and r["trials_without_ic"] == ["dead"]
     assert r["n_dates"] == 27 and r["n_blocks"] == 16 and 0 <= r["pbo"] <= 1
 
-    monkeypatch.setattr(analysis, "trial_series", lambda run_dir, stage: {"a": a})
-    r = stage_pbo("unused", "s")
+    r = series_pbo({"a": a})
     assert "pbo" not in r and "N=1" in r["skipped"]
 
 
@@ -103,27 +109,27 @@ def _sharpe(ic: np.ndarray) -> float:
 
 
 def test_selected_dsr_deflates_by_every_trial_so_far(smoke_run: Path):
-    run = str(smoke_run)
+    run = _run(smoke_run)
     sel = selected_trial(run, "training")
     r = selected_dsr(run, STAGES[:2], sel)
-    series = trial_series(run, "architecture") | trial_series(run, "training")
-    sharpes = [_sharpe(s["ic"]) for s in series.values()]
-    ref = deflated_sharpe_ratio(series[sel]["ic"], n_trials=4, trial_sharpes=sharpes)
+    series = run.trial_series("architecture") | run.trial_series("training")
+    sharpes = [_sharpe(s.ic) for s in series.values()]
+    ref = deflated_sharpe_ratio(series[sel].ic, n_trials=4, trial_sharpes=sharpes)
     assert r["n_trials"] == 4 and r["trial_id"] == sel
     assert r["dsr"] == pytest.approx(ref["dsr"], abs=1e-12)
     assert r["sharpe"] == pytest.approx(ref["sharpe"], abs=1e-12)
     assert r["dsr"] <= r["psr"]
 
     # On the same real series and trial-Sharpe variance, more trials deflate more.
-    ic, var = series[sel]["ic"], r["sharpe_variance"]
+    ic, var = series[sel].ic, r["sharpe_variance"]
     dsrs = [deflated_sharpe_ratio(ic, n, sharpe_variance=var)["dsr"] for n in (1, 2, 4, 16, 256)]
     assert dsrs[0] == pytest.approx(r["psr"], abs=1e-12)
     assert all(x > y for x, y in itertools.pairwise(dsrs)), dsrs
 
 
 def test_selected_dsr_rejects_an_unknown_trial(smoke_run: Path):
-    with pytest.raises(ValueError, match="no val series"):
-        selected_dsr(str(smoke_run), ["architecture"], "nope_00000")
+    with pytest.raises(RunDirError, match="no val series"):
+        selected_dsr(_run(smoke_run), ["architecture"], "nope_00000")
 
 
 # --- val against test ---------------------------------------------------------------------------
@@ -132,17 +138,15 @@ def test_selected_dsr_rejects_an_unknown_trial(smoke_run: Path):
 def test_top_test_agrees_with_scoring_the_checkpoint_directly(smoke_run: Path, tiny_dataset):
     test, val = tiny_dataset.test, tiny_dataset.val
     rows = {r["trial_id"]: r for r in _csv(smoke_run, "architecture")}
-    tops = top_test(str(smoke_run), "architecture", test, k=5, n=5)
+    run = _run(smoke_run)
+    tops = top_test(run, "architecture", test, k=5, n=5)
     assert [t["rank"] for t in tops] == [1, 2]
     assert tops[0]["value"] >= tops[1]["value"]
-    assert (
-        tops[0]["selected"]
-        and tops[0]["point"] == read_best(str(smoke_run), "architecture")["point"]
-    )
+    assert tops[0]["selected"] and tops[0]["point"] == run.stage("architecture").best.point
     for t in tops:
         (trial,) = t["trials"]
         row = rows[trial["trial_id"]]
-        model = _model(_latest(row["path"]))
+        model = _model(smoke_run / row["checkpoint"])
         direct = evaluate_bounds(test.bounds, score(model, test), test.returns, k=5)
         assert trial["test"] == pytest.approx(direct, rel=1e-9, abs=1e-12)
         assert t["test"] == pytest.approx({k: v for k, v in direct.items() if k != "n_dates"})
@@ -158,7 +162,8 @@ def test_top_test_agrees_with_scoring_the_checkpoint_directly(smoke_run: Path, t
 
 def test_point_table_is_the_numpy_mean_and_std_over_replicates(grid_run: Path):
     rows = _csv(grid_run, "architecture")
-    table = point_table(str(grid_run), "architecture")
+    run = _run(grid_run)
+    table = point_table(run, "architecture")
     assert len(table) == 4 and len(rows) == 8
     for p in table:
         mine = [r for r in rows if float(r["latent_scale"]) == p["latent_scale"]
@@ -170,16 +175,18 @@ def test_point_table_is_the_numpy_mean_and_std_over_replicates(grid_run: Path):
             vals = np.array([float(r[m]) for r in mine])
             assert p[m] == pytest.approx(vals.mean(), abs=1e-12)
             assert p[f"{m}_std"] == pytest.approx(vals.std(), abs=1e-12)
-    best = read_best(str(grid_run), "architecture")
+    best = run.stage("architecture").best
     (chosen,) = [p for p in table if p["selected"]]
-    assert chosen["value"] == pytest.approx(best["value"], abs=1e-12)
-    assert chosen["ic_sharpe_std"] == pytest.approx(best["replicate_std"], abs=1e-12)
+    assert chosen["value"] == pytest.approx(best.value, abs=1e-12)
+    assert chosen["ic_sharpe_std"] == pytest.approx(best.replicate_std, abs=1e-12)
 
 
 def test_analyze_a_partial_run_writes_strict_json(grid_run: Path, tiny_dataset):
-    out = analyze(str(grid_run), tiny_dataset.test, k=5, n_top=2)
+    run = _run(grid_run)
+    out = analyze(run, tiny_dataset.test, k=5, n_top=2)
+    run.dir.write_analysis(out)
     text = (grid_run / "analysis.json").read_text()
-    assert json.loads(text) == out and "NaN" not in text
+    assert "NaN" not in text and json.loads(text)["n_trials"] == out["n_trials"]
     (st,) = out["stages"]
     assert out["final"] is None, "no final model on a run stopped after a stage"
     assert st["pbo"]["n_trials"] == 8 and st["dsr"]["n_trials"] == 8 == out["n_trials"]

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from search.stages import read_best, read_results
+from search.rundir import RunDir
 from tests.cluster_util import LocalCluster
 from tests.conftest import SMOKE
 
@@ -88,14 +88,14 @@ def test_trials_spread_over_two_nodes(make_cluster, tiny_market, tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
     nodes = set()
-    for st in STAGES:
-        rows = read_results(str(run_dir), st)
-        assert len(rows) == 2 and all(x["status"] == "TERMINATED" for x in rows), rows
-        assert all(x["data_zero_copy"] == "True" for x in rows), (
-            f"[{st}] every trial, on either node, must read the object store's copy: "
-            f"{[(x['node_id'][:8], x['data_zero_copy']) for x in rows]}"
+    for st in RunDir(str(run_dir)).load().stages:
+        rows = st.rows
+        assert len(rows) == 2 and all(x.status == "TERMINATED" for x in rows), rows
+        assert all(x.data_zero_copy for x in rows), (
+            f"[{st.name}] every trial, on either node, must read the object store's copy: "
+            f"{[(x.node_id[:8], x.data_zero_copy) for x in rows]}"
         )
-        nodes |= {x["node_id"] for x in rows}
+        nodes |= {x.node_id for x in rows}
     assert nodes == {head, worker}, f"trials ran on {nodes}; the cluster is {head=} {worker=}"
     for f in ("spec.yaml", "run.json", "summary.json", "final/model.pt"):
         assert (run_dir / f).is_file(), f
@@ -167,40 +167,54 @@ def test_job_submitted_through_the_rest_api(make_cluster, tiny_market, tmp_path)
     _stop_clean(cluster)
 
 
-def test_driver_without_auth_mode_on_a_token_cluster(make_cluster):
-    """`--address` to a token-auth cluster from a shell that has the token but never exported
-    RAY_AUTH_MODE: connect.init retries in token mode; with RAY_AUTH_MODE=disabled it stops with
-    the fix instead of a traceback. (Ray refuses only after ~20 s of retries; both run at once.)"""
+def test_token_auth_is_left_to_ray(make_cluster):
+    """A token-auth cluster on this machine: `--address auto` from a shell that has the token but
+    never exported RAY_AUTH_MODE connects (Ray turns token mode on itself for a cluster it finds
+    here); an explicit address is never retried with the local token: the driver stops with one
+    line telling the user to export RAY_AUTH_MODE=token. (Ray refuses only after ~20 s of
+    retries; both run at once.)"""
     cluster = make_cluster(head_cpus=1, worker_cpus=())
-    probe = (
-        "import sys; from search import connect; connect.init(sys.argv[1], print); "
-        "print('joined', len(connect.alive_nodes()), 'node(s)')"
-    )
     procs = {}
-    for mode in ("unset", "disabled"):
+    for case, address in (("auto", "auto"), ("explicit", cluster.address)):
         env = cluster.env()  # the token stays readable through RAY_AUTH_TOKEN_PATH
         del env["RAY_AUTH_MODE"]
-        if mode == "disabled":
-            env["RAY_AUTH_MODE"] = "disabled"
-        procs[mode] = subprocess.Popen(
-            [sys.executable, "-c", probe, cluster.address], env=env, text=True,
+        procs[case] = subprocess.Popen(
+            [sys.executable, "-c", CONNECT_PROBE, address], env=env, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
         )  # fmt: skip
     out = {}
     try:
-        for mode, p in procs.items():
-            out[mode] = p.communicate(timeout=150)
+        for case, p in procs.items():
+            out[case] = p.communicate(timeout=150)
     finally:
         for p in procs.values():
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
-    stdout, stderr = out["unset"]
-    assert procs["unset"].returncode == 0 and "joined 1 node(s)" in stdout, stdout + stderr[-3000:]
-    stdout, stderr = out["disabled"]
-    assert procs["disabled"].returncode != 0
-    assert "Traceback" not in stderr and "RAY_AUTH_MODE=token" in stderr, stderr[-3000:]
+    stdout, stderr = out["auto"]
+    assert procs["auto"].returncode == 0 and "joined 1 node(s)" in stdout, stdout + stderr[-3000:]
+    stdout, stderr = out["explicit"]
+    assert procs["explicit"].returncode == 2, stdout + stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the cluster at ") and "export RAY_AUTH_MODE=token" in last
+    assert "Traceback" not in stderr and "retrying" not in stderr
     _stop_clean(cluster)
+
+
+# Connect the way the CLI does and report; errors as the CLI prints them.
+CONNECT_PROBE = """
+import sys
+from search import connect
+from search.cli import setup_logging
+from search.errors import SearchError
+setup_logging()
+try:
+    connect.init(sys.argv[1])
+except SearchError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+print("joined", len(connect.alive_nodes()), "node(s)")
+"""
 
 
 def _last_results(stage_dir: Path) -> dict[str, dict[str, Any]]:
@@ -256,13 +270,13 @@ def test_worker_node_killed_mid_stage(make_cluster, tiny_market, tmp_path):
     out = log_path.read_text()
     assert driver.returncode == 0, out[-4000:]
 
-    rows = {Path(r["path"]).name: r for r in read_results(str(run_dir), "architecture")}
-    assert len(rows) == 6 and all(r["status"] == "TERMINATED" for r in rows.values()), rows
+    st = RunDir(str(run_dir)).load().stage("architecture")
+    rows = {f"architecture_{r.trial_id}": r for r in st.rows}
+    assert len(rows) == 6 and all(r.status == "TERMINATED" for r in rows.values()), rows
     v = rows[victim]
-    assert int(v["restored"]) >= 1, f"{victim} was not resumed from its checkpoint: {v}"
-    assert v["node_id"] != worker and int(v["epochs"]) == epochs, v
-    assert all(r["data_zero_copy"] == "True" for r in rows.values())
-    best = read_best(str(run_dir), "architecture")
-    assert best is not None and best["trials"] == 6 and best["errors"] == 0
+    assert v.restored >= 1, f"{victim} was not resumed from its checkpoint: {v}"
+    assert v.node_id != worker and v.epochs == epochs, v
+    assert all(r.data_zero_copy for r in rows.values())
+    assert st.best is not None and st.best.trials == 6 and st.best.errors == 0
     assert (run_dir / "summary.json").is_file() and (run_dir / "final" / "model.pt").is_file()
     _stop_clean(cluster)

@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ranker.costs import CostModel
+from ranker.costs import CostModel, books_turnover, net_returns
 from ranker.metrics import ANN
 from search.analysis import analyze, point_table
-from search.report import grid_figure, net_series, write_report
+from search.report import write_report
+from search.report.figures import grid_figure
+from search.rundir import RunDir, Series
 from search.spec import StageSpec
 
 CHROMIUM = next(
@@ -38,8 +40,9 @@ window.addEventListener("load", function () {
 
 @pytest.fixture(scope="module")
 def smoke_report(smoke_run: Path, tiny_dataset) -> tuple[Path, Path]:
-    analyze(str(smoke_run), tiny_dataset.test, k=5)
-    md, html = write_report(str(smoke_run))
+    run = RunDir(str(smoke_run)).load()
+    run.analysis = analyze(run, tiny_dataset.test, k=5)
+    md, html = write_report(run)
     return Path(md), Path(html)
 
 
@@ -103,10 +106,12 @@ def test_html_has_no_missing_image_in_chromium(smoke_report, smoke_run: Path, tm
 
 
 def test_net_series_match_the_driver_cost_metrics(smoke_run: Path):
+    """The report's curves come from the saved series through the same formulas."""
     summary = json.loads((smoke_run / "summary.json").read_text())
     costs = summary["final"]["costs"]
-    with np.load(smoke_run / "final" / "final_test_daily.npz") as z:
-        series = net_series({k: z[k] for k in z.files}, CostModel(**summary["costs_model"]))
+    z = Series.from_bytes((smoke_run / "final" / "final_test_daily.npz").read_bytes())
+    to = books_turnover(z.long_symbols, z.short_symbols)
+    series = net_returns(z.long, z.short, to, CostModel(**summary["costs_model"]))
     assert np.mean(series["gross"]["ls"]) * ANN == pytest.approx(
         summary["final"]["test"]["ls_return"]
     )
@@ -117,18 +122,17 @@ def test_net_series_match_the_driver_cost_metrics(smoke_run: Path):
 
 
 def test_report_of_a_replicated_two_key_stage(grid_run: Path):
-    md, _ = write_report(str(grid_run))
+    run = RunDir(str(grid_run)).load()
+    md, _ = write_report(run)
     text = Path(md).read_text()
     assert "## Stage architecture" in text and "(mean ± std)" in text
     assert "Final model on the test set" not in text, "no final model on a partial run"
     _check_png(grid_run / "report" / "grid_architecture.png")
 
     # The heatmap's cell labels are the per-point mean ± std over the seeds.
-    from search.analysis import stage_rows
-
     st = StageSpec("architecture", {"latent_scale": (0.5, 1.0), "news_alpha": (0.6, 1.0)}, seeds=2)
-    fig = grid_figure(st, stage_rows(str(grid_run), "architecture"), "ic_sharpe", {})
+    fig = grid_figure(st, run.stage("architecture").rows, "ic_sharpe", {})
     labels = sorted(t.get_text() for t in fig.axes[0].texts)
     expected = sorted(f"{p['ic_sharpe']:.2f}\n± {p['ic_sharpe_std']:.2f}"
-                      for p in point_table(str(grid_run), "architecture"))  # fmt: skip
+                      for p in point_table(run, "architecture"))  # fmt: skip
     assert labels == expected

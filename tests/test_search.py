@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import shutil
 import signal
@@ -15,81 +17,92 @@ import pytest
 import torch
 
 from ranker import checkpoint
-from search import driver
-from search.stages import read_best, read_results
-from tests.conftest import SMOKE, smoke_spec
+from search.rundir import RunDir, read_point
+from tests.conftest import SMOKE, Lines, run_search, smoke_spec
 
 STAGES = ["architecture", "training", "dropout"]
 
 
 def test_full_run_writes_every_artifact(smoke_run: Path):
-    for f in ("spec.yaml", "run.json", "summary.json", "final/model.pt",
-              "final/final_test_daily.npz", "final/baseline_test_daily.npz"):  # fmt: skip
+    for f in ("spec.yaml", "run.json", "summary.json", "analysis.json", "report.html",
+              "final/model.pt", "final/final_test_daily.npz", "final/baseline_test_daily.npz",
+              "final/final_val_daily.npz"):  # fmt: skip
         assert (smoke_run / f).is_file(), f
-    for st in STAGES:
-        rows = read_results(str(smoke_run), st)
-        assert len(rows) == 2 and all(r["status"] == "TERMINATED" for r in rows)
-        assert all(r["data_zero_copy"] == "True" for r in rows), (
-            "trials must read the object store's copy"
-        )
-        best = read_best(str(smoke_run), st)
-        assert best["trials"] == 2 and best["errors"] == 0
-        assert best["value"] == max(float(r["ic_sharpe"]) for r in rows)
-    s = json.loads((smoke_run / "summary.json").read_text())
+    run = RunDir(str(smoke_run)).load()
+    for st in run.stages:
+        assert st.done and len(st.rows) == 2
+        assert all(r.status == "TERMINATED" and r.device == "cpu" for r in st.rows)
+        assert all(r.data_zero_copy for r in st.rows), "trials must read the object store's copy"
+        # Each row records its latest checkpoint, relative to the run directory, and it is there.
+        for r in st.rows:
+            assert r.checkpoint.startswith(f"{st.name}/{st.name}_{r.trial_id}/checkpoint_")
+            assert (smoke_run / r.checkpoint / "state.pt").is_file()
+        assert st.best.trials == 2 and st.best.errors == 0
+        assert st.best.value == max(r.metrics["ic_sharpe"] for r in st.rows)
+    s = run.summary
     assert [x["stage"] for x in s["stages"]] == STAGES
-    assert set(s["final"]) >= {"val", "test", "costs", "model", "train"}
+    assert set(s["final"]) >= {"val", "test", "costs", "model", "train", "device"}
     assert s["final"]["train"]["epochs"] == 2  # the spec's final.epochs
     assert set(s["baseline"]["test"]) >= {"ic_sharpe", "mean_ic", "ls_sharpe"}
     assert "ls_net_sharpe" in s["final"]["costs"] and "to_ls_net_sharpe" in s["final"]["costs"]
     # The checkpoint is the final model and reproduces its test metrics.
     ranker = checkpoint.load(s["checkpoint"])
-    assert ranker.metrics["test"] == s["final"]["test"]
+    assert ranker.metrics["test"] == pytest.approx(s["final"]["test"], nan_ok=True)
     assert ranker.model.config.to_dict() == s["final"]["model"]
     raw = torch.load(s["checkpoint"], weights_only=True)
     assert raw["universe"]["threshold"] == 50e6
+    # Strict JSON everywhere (NaN is written as null).
+    for f in ("summary.json", "analysis.json", "run.json"):
+        json.loads((smoke_run / f).read_text(), parse_constant=lambda c: pytest.fail(c))
 
 
 def test_each_stage_starts_from_the_previous_best(smoke_run: Path):
-    arch, train, drop = (read_best(str(smoke_run), s) for s in STAGES)
+    run = RunDir(str(smoke_run)).load()
+    arch, train, drop = (run.stage(s).best for s in STAGES)
     # Stage 2 searches only training keys: its model is stage 1's best model.
-    assert train["model"] == arch["model"]
+    assert train.model == arch.model
     # Stage 3 keeps stage 2's best training config, searching only dropout.
-    assert {k: drop["train"][k] for k in ("learning_rate", "weight_decay", "label_smoothing")} == {
-        k: train["train"][k] for k in ("learning_rate", "weight_decay", "label_smoothing")}  # fmt: skip
+    keys = ("learning_rate", "weight_decay", "label_smoothing")
+    assert {k: drop.train[k] for k in keys} == {k: train.train[k] for k in keys}
     # And every trial of stage 2 really trained stage 1's best architecture.
-    for r in read_results(str(smoke_run), "training"):
-        ck = sorted(Path(r["path"]).glob("checkpoint_*"))[-1]
-        point = json.loads((ck / "point.json").read_text())
-        assert point["model"] == arch["model"]
-    s = json.loads((smoke_run / "summary.json").read_text())
-    assert s["final"]["model"] == {**drop["model"]}
+    for r in run.stage("training").rows:
+        assert read_point(run.dir.resolve(r.checkpoint))["model"] == arch.model
+    assert run.summary["final"]["model"] == {**drop.model}
+
+
+def _cli(*args: str, env: dict[str, str] | None = None, timeout: int = 300):
+    return subprocess.run([sys.executable, "-m", "search.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)  # fmt: skip
 
 
 def test_status_prints_stages_and_trials(smoke_run: Path):
-    r = subprocess.run([sys.executable, "-m", "search.cli", "status", str(smoke_run)],
-                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = _cli("status", str(smoke_run), timeout=60)
     assert r.returncode == 0, r.stderr
     for st in STAGES:
-        assert f"[{st}] 2/2 trials, 0 failed; done: best ic_sharpe" in r.stdout
+        assert f"[{st}] 2/2 done, 0 running, 0 pending, 0 failed; done: best ic_sharpe" in r.stdout
     assert "[final]" in r.stdout and "[baseline: full universe]" in r.stdout
+    assert "import ray" not in r.stderr
 
 
-def test_stage_rerun_alone_gives_the_same_best(smoke_run: Path, tiny_market, tmp_path):
+def test_stage_rerun_alone_gives_the_same_best(smoke_run: Path, tmp_path):
     run_dir = tmp_path / "copy"
     shutil.copytree(smoke_run, run_dir)
     before = {s: (run_dir / s / "best.json").stat().st_mtime_ns for s in STAGES}
     summary_before = (run_dir / "summary.json").read_bytes()
-    lines: list[str] = []
-    out = driver.run(driver.load_spec(str(run_dir)), str(run_dir), source=str(tiny_market),
-                     rerun=["training"], stop_after="training", log=lines.append)  # fmt: skip
+    sp = RunDir(str(run_dir)).read_spec()
+    with Lines() as lines:
+        out = run_search(sp, run_dir, rerun=["training"], stop_after="training")
     assert out is None
     assert (run_dir / "architecture" / "best.json").stat().st_mtime_ns == before["architecture"]
     assert (run_dir / "dropout" / "best.json").stat().st_mtime_ns == before["dropout"]
-    assert (run_dir / "training" / "best.json").stat().st_mtime_ns != before["training"]
+    # The rerun ran in a new attempt directory; the first attempt is untouched.
+    assert (run_dir / "training" / "best.json").stat().st_mtime_ns == before["training"]
+    assert (run_dir / "training.v2" / "best.json").is_file()
+    assert json.loads((run_dir / "stages.json").read_text()) == {"training": "training.v2"}
     assert (run_dir / "summary.json").read_bytes() == summary_before, "nothing after the stage runs"
-    assert len(list(run_dir.glob("training.replaced-*"))) == 1, "the old results are kept aside"
-    old, new = read_best(str(smoke_run), "training"), read_best(str(run_dir), "training")
-    assert new["point"] == old["point"] and new["value"] == pytest.approx(old["value"], abs=1e-9)
+    old = RunDir(str(smoke_run)).read_best("training")
+    new = RunDir(str(run_dir)).read_best("training")
+    assert new.point == old.point and new.value == pytest.approx(old.value, abs=1e-9)
     assert any("[architecture] already done" in ln for ln in lines)
 
 
@@ -99,53 +112,142 @@ def test_failing_trial_is_reported_and_stage_completes(
     monkeypatch.setenv("LIQUID_SEARCH_FAULT", json.dumps(
         {"stage": "architecture", "point": {"latent_scale": 0.5}, "epoch": 1, "mode": "always"}))  # fmt: skip
     sp = smoke_spec(tiny_market, max_failures=1)
-    run_dir = tmp_path / "run"
-    lines: list[str] = []
-    driver.run(sp, str(run_dir), stop_after="architecture", log=lines.append)
-    rows = {float(r["latent_scale"]): r for r in read_results(str(run_dir), "architecture")}
-    assert rows[0.5]["status"] == "ERROR" and "InjectedFault" in rows[0.5]["error"]
-    assert rows[1.0]["status"] == "TERMINATED"
-    best = read_best(str(run_dir), "architecture")
-    assert best["point"] == {"latent_scale": 1.0} and best["errors"] == 1
-    assert any("latent_scale=0.5 | FAILED" in ln for ln in lines)
+    with Lines() as lines:
+        run_search(sp, tmp_path / "run", stop_after="architecture")
+    st = RunDir(str(tmp_path / "run")).load().stage("architecture")
+    rows = {r.point["latent_scale"]: r for r in st.rows}
+    assert rows[0.5].status == "ERROR" and "InjectedFault" in rows[0.5].error
+    assert rows[1.0].status == "TERMINATED"
+    assert st.best.point == {"latent_scale": 1.0} and st.best.errors == 1
+    assert any("latent_scale=0.5 | FAILED after 2 attempt(s)" in ln for ln in lines), lines
+
+
+def test_a_grid_point_no_config_accepts_fails_alone(tiny_market, ray_local, tmp_path):
+    """A point whose config cannot be built (the spec check refuses it up front; here it is
+    forced past the check) fails at once, without retries, and the stage completes from the
+    other points."""
+    sp = smoke_spec(tiny_market, max_failures=2)
+    stages = list(sp.stages)
+    stages[0] = dataclasses.replace(stages[0], grid={"news_alpha": (0.8,), "latent_scale": (1.0,)})
+    stages[2] = dataclasses.replace(stages[2], grid={"news_dropout": (0.1, 1.5)})
+    sp = dataclasses.replace(sp, stages=tuple(stages))
+    with Lines() as lines:
+        summary = run_search(sp, tmp_path / "run")
+    assert summary is not None, "the run goes on to the final model"
+    st = RunDir(str(tmp_path / "run")).load().stage("dropout")
+    bad = [r for r in st.rows if r.point["news_dropout"] == 1.5]
+    assert (
+        len(bad) == 1 and bad[0].status == "ERROR" and "dropout must be in [0, 1)" in bad[0].error
+    )
+    assert bad[0].epochs == 0
+    assert st.best.point == {"news_dropout": 0.1} and st.best.errors == 1
+    assert any("news_dropout=1.5 | FAILED: ConfigError" in ln for ln in lines), lines
 
 
 def test_retried_trial_resumes_from_its_checkpoint(tiny_market, ray_local, tmp_path, monkeypatch):
     sp = smoke_spec(tiny_market)
-    clean = tmp_path / "clean"
-    driver.run(sp, str(clean), stop_after="architecture", log=lambda _m: None)
+    run_search(sp, tmp_path / "clean", stop_after="architecture")
     monkeypatch.setenv("LIQUID_SEARCH_FAULT", json.dumps(
         {"stage": "architecture", "point": {"latent_scale": 0.5}, "epoch": 1, "mode": "once"}))  # fmt: skip
-    faulty = tmp_path / "faulty"
-    driver.run(sp, str(faulty), stop_after="architecture", log=lambda _m: None)
-    a = {float(r["latent_scale"]): r for r in read_results(str(clean), "architecture")}
-    b = {float(r["latent_scale"]): r for r in read_results(str(faulty), "architecture")}
-    assert b[0.5]["status"] == "TERMINATED" and b[0.5]["restored"] == "1"
-    assert b[0.5]["epochs"] == "2"
+    run_search(sp, tmp_path / "faulty", stop_after="architecture")
+    rows = {}
+    for name in ("clean", "faulty"):
+        st = RunDir(str(tmp_path / name)).load().stage("architecture")
+        rows[name] = {r.point["latent_scale"]: r for r in st.rows}
+    a, b = rows["clean"], rows["faulty"]
+    assert b[0.5].status == "TERMINATED" and b[0.5].restored == 1 and b[0.5].epochs == 2
     # Resuming from the epoch-1 checkpoint continues exactly as the uninterrupted trial.
-    assert float(b[0.5]["ic_sharpe"]) == pytest.approx(float(a[0.5]["ic_sharpe"]), abs=1e-9)
+    assert b[0.5].metrics["ic_sharpe"] == pytest.approx(a[0.5].metrics["ic_sharpe"], abs=1e-9)
 
 
-def _trial_results(stage_dir: Path) -> dict[str, str]:
-    """Each trial directory's result.json text, by trial directory name."""
-    return {p.parent.name: p.read_text() for p in stage_dir.glob("*/result.json")}
+# --- the command line: one line per mistake, results on stdout ----------------------------------
 
 
-def _finished(stage_dir: Path, epochs: int) -> list[str]:
-    done = []
-    for name, text in _trial_results(stage_dir).items():
-        lines = [json.loads(ln) for ln in text.splitlines() if ln.strip()]
-        if lines and lines[-1].get("epoch") == epochs:
-            done.append(name)
-    return done
+def test_mistakes_end_in_one_line_and_write_nothing(tmp_path):
+    bad_grid = ["run", "--config", str(SMOKE), "--storage", str(tmp_path / "runs"),
+                "stages.dropout.grid.news_dropout=[0.1, 1.5]"]  # fmt: skip
+    cases = {
+        "report": (["report", str(tmp_path)], "holds no spec.yaml, so it is not a run directory"),
+        "status": (["status", str(tmp_path)], "holds no spec.yaml, so it is not a run directory"),
+        "resume": (["resume", str(tmp_path / "none")], "does not exist, so it is not a run"),
+        "grid": (bad_grid, "stages.dropout.grid.news_dropout=1.5: model.news_dropout=1.5: a "
+                           "dropout must be in [0, 1). Fix: drop 1.5"),
+    }  # fmt: skip
+    procs = {k: subprocess.Popen([sys.executable, "-m", "search.cli", *a], text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for k, (a, _) in cases.items()}  # fmt: skip
+    for k, p in procs.items():
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 2, (k, err)
+        assert err.count("\n") == 1 and err.startswith("error: "), (k, err)
+        assert cases[k][1] in err, (k, err)
+        assert "Fix:" in err and out == "", (k, out, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing was written"
+
+
+def test_a_stage_where_every_trial_fails_ends_in_one_line(tiny_market, tmp_path):
+    env = {**os.environ, "RAY_ADDRESS": "local", "LIQUID_SEARCH_FAULT": json.dumps(
+        {"stage": "architecture", "epoch": 1, "mode": "always"})}  # fmt: skip
+    r = _cli("run", "--config", str(SMOKE), "--storage", str(tmp_path), "--name", "r",
+             f"data.source={tiny_market}", "max_failures=0", env=env)  # fmt: skip
+    assert r.returncode == 2, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: stage 'architecture': none of its 2 trials finished"), last
+    assert "InjectedFault" in last and "liquid-search stage architecture --run" in last
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    assert not (tmp_path / "r" / "architecture" / "best.json").exists()
+    assert (tmp_path / "r" / "architecture" / "results.csv").is_file(), "errors kept for status"
+
+
+def test_train_prints_json_on_stdout_and_imports_no_ray(tiny_market, tmp_path):
+    probe = (
+        "import sys; from search.cli import main; rc = main(sys.argv[1:]); "
+        "assert 'ray' not in sys.modules, sorted(m for m in sys.modules if m.startswith('ray'))[:5]; "
+        "sys.exit(rc)"
+    )
+    r = subprocess.run([sys.executable, "-c", probe, "train", "--data", str(tiny_market),
+                        "train.epochs=1", "train.eval_every=1", "model.news_hidden=8"],
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)  # stdout is exactly the JSON
+    assert set(out) >= {"val", "test", "costs", "rows"} and out["rows"]["train"] > 0
+    assert "epoch   1" in r.stderr
+
+
+def test_import_ranker_then_use_a_submodule():
+    r = subprocess.run([sys.executable, "-c", "import ranker; print(ranker.checkpoint.load)"],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0 and "function load" in r.stdout, r.stderr
+
+
+# --- SIGKILL and resume -------------------------------------------------------------------------
+
+
+def _recorded_epoch(stage_dir: Path, point: dict[str, float]) -> int:
+    """The epoch of a trial's latest result in Tune's experiment snapshot (what a restore
+    resumes from), through Tune's public reader; 0 before the first snapshot."""
+    from ray import tune
+
+    try:
+        ea = tune.ExperimentAnalysis(str(stage_dir))
+    except ValueError:
+        return 0
+    for t in ea.trials:
+        if all(t.config.get(k) == v for k, v in point.items()):
+            return int((t.last_result or {}).get("epoch", 0))
+    return 0
 
 
 def test_sigkill_mid_stage_then_resume(tiny_market, tmp_path):
-    """Kill the driver (and its local Ray) with SIGKILL mid-stage; `resume` finishes the run with
-    every trial and without redoing the finished ones."""
+    """Kill the driver (and its local Ray) with SIGKILL while a trial is stuck mid-stage (after
+    its first checkpoint); `resume` finishes the run with every trial at its full epochs."""
     storage = tmp_path / "runs"
+    marker = tmp_path / "hung.json"
     # RAY_ADDRESS=local: a private Ray even if a `ray start` cluster runs on this machine.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": "local"}
+    fault = {"stage": "architecture", "point": {"latent_scale": 1.0, "news_alpha": 0.8},
+             "epoch": 2, "mode": "hang", "marker": str(marker)}  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": "local",
+           "LIQUID_SEARCH_FAULT": json.dumps(fault)}  # fmt: skip
     grid = "stages.architecture.grid={latent_scale: [0.5, 1.0], news_alpha: [0.6, 0.8, 1.0]}"
     args = [sys.executable, "-m", "search.cli", "run", "--config", str(SMOKE), "--storage",
             str(storage), "--name", "r", f"data.source={tiny_market}", grid, "train.epochs=4",
@@ -154,26 +256,26 @@ def test_sigkill_mid_stage_then_resume(tiny_market, tmp_path):
     proc = subprocess.Popen(
         args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
     )
-    stage_dir = storage / "r" / "architecture"
-    deadline = time.time() + 240
     try:
-        while time.time() < deadline and len(_finished(stage_dir, 4)) < 2:
+        deadline = time.time() + 300
+        # The stuck trial wrote its epoch-2 checkpoint and Tune's snapshot records it.
+        while not (marker.exists() and _recorded_epoch(storage / "r" / "architecture",
+                                                       fault["point"]) == 2):  # fmt: skip
             assert proc.poll() is None, (tmp_path / "first.log").read_text()
+            assert time.time() < deadline, (tmp_path / "first.log").read_text()
             time.sleep(0.2)
-        assert len(_finished(stage_dir, 4)) >= 2, (tmp_path / "first.log").read_text()
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert not (stage_dir / "best.json").exists(), "the kill must land mid-stage"
-    finished = set(_finished(stage_dir, 4))
-    snapshot = {k: v for k, v in _trial_results(stage_dir).items() if k in finished}
+    assert not (storage / "r" / "architecture" / "best.json").exists()
 
-    r = subprocess.run([sys.executable, "-m", "search.cli", "resume", str(storage / "r")],
-                       capture_output=True, text=True, env=env, timeout=400)  # fmt: skip
+    env.pop("LIQUID_SEARCH_FAULT")
+    r = _cli("resume", str(storage / "r"), env=env, timeout=400)
     assert r.returncode == 0, r.stdout + r.stderr
-    rows = read_results(str(storage / "r"), "architecture")
-    assert len(rows) == 6 and all(x["status"] == "TERMINATED" for x in rows)
-    after = _trial_results(stage_dir)
-    for name, text in snapshot.items():
-        assert after[name] == text, f"finished trial {name} was redone"
+    assert r.stdout.strip() == str(storage / "r")
+    st = RunDir(str(storage / "r")).load().stage("architecture")
+    assert len(st.rows) == 6 and all(x.status == "TERMINATED" and x.epochs == 4 for x in st.rows)
+    assert all(not math.isnan(x.metrics["ic_sharpe"]) for x in st.rows)
+    (hung,) = [x for x in st.rows if x.point == {"latent_scale": 1.0, "news_alpha": 0.8}]
+    assert hung.restored == 1, "the stuck trial continued from its epoch-2 checkpoint"
     assert (storage / "r" / "summary.json").exists()

@@ -1,0 +1,49 @@
+"""The run's data: where it comes from (a directory or URI, or the cached synthetic market) and
+loading it with the spec's universe and split. No Ray here: `liquid-search train` uses it, and
+the driver loads the data before Ray starts, so bad input ends a run before anything is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from ranker.data import Dataset, load
+from ranker.synth import generate
+from search.spec import SearchSpec
+
+log = logging.getLogger("liquid_search")
+
+
+def data_source(spec: SearchSpec, override: str | None = None) -> str:
+    """The data directory/URI: --data, spec.data.source, or the cached synthetic market
+    (generated on first use)."""
+    source = override or spec.data.source
+    if source:
+        return source
+    s = spec.data.synth
+    tag = f"synth-scale{s.scale:g}-seed{s.seed}-signal{s.signal:g}"
+    if s.n_symbols:
+        tag += f"-sym{s.n_symbols}"
+    if s.n_dates:
+        tag += f"-dates{s.n_dates}"
+    path = os.path.join(os.path.expanduser(spec.data.cache_dir), tag)
+    if not os.path.exists(os.path.join(path, "synth.json")):
+        log.info(f"generating the synthetic market into {path} (once; cached for later runs)")
+        generate(path, scale=s.scale, seed=s.seed, signal=s.signal, n_symbols=s.n_symbols,
+                 n_dates=s.n_dates, log=log.info)  # fmt: skip
+    return path
+
+
+def load_data(spec: SearchSpec, source: str, *, baseline: bool | None = None) -> Dataset:
+    """Load and check the run's data (before Ray starts: bad input ends here, writing nothing).
+
+    Args:
+        baseline: also build the full universe's training split (default: the spec's
+            final.baseline).
+
+    Raises:
+        DataError: the data is missing or bad (the message names the file, column and fix).
+    """
+    full = spec.final.baseline if baseline is None else baseline
+    return load(source, spec.universe, spec.split, full_universe=full, log=log.info)

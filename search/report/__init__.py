@@ -1,0 +1,77 @@
+"""The run report: report.md with its PNGs under report/, and report.html, self-contained (the
+same PNGs as base64 data URIs), so the one file can be mailed or opened anywhere.
+
+`write_report` works on a loaded run (`rundir.Run`): its spec, info, stages, summary and
+analysis (the test-free parts of the analysis are recomputed when the run has none, or one that
+does not cover every finished stage). A run stopped after a stage gets a report of its stages.
+"""
+
+from __future__ import annotations
+
+from search.analysis import analyze
+from search.errors import RunDirError
+from search.report.document import Doc, fmt, png
+from search.report.figures import val_test_figure
+from search.report.sections import (
+    final_section,
+    header_section,
+    overfitting_section,
+    stage_section,
+)
+from search.rundir import Run
+
+__all__ = ["write_report"]
+
+
+def write_report(run: Run) -> tuple[str, str]:
+    """Write the run's report.md (+ report/*.png) and the self-contained report.html.
+
+    Returns:
+        (path of report.md, path of report.html).
+
+    Raises:
+        RunDirError: no stage of the run has finished.
+    """
+    finished = run.finished
+    if not finished:
+        raise RunDirError(
+            f"{run.path}: no stage has finished yet, so there is nothing to report; "
+            f"`liquid-search status {run.path}` shows the trials in flight"
+        )
+    spec, summary, m = run.spec, run.summary, run.spec.train.metric
+    analysis = run.analysis
+    if analysis is None or [s["stage"] for s in analysis["stages"]] != [s.name for s in finished]:
+        analysis = analyze(run, None, spec.train.k)
+
+    doc = Doc()
+    header_section(doc, run)
+    if summary is not None:
+        f = summary["final"]
+        costs = f.get("costs", {})
+        doc.para(
+            f"Final model: val {m} {fmt(f['val'].get(m), m)}, test {m} "
+            f"{fmt(f['test'].get(m), m)}, test mean IC {fmt(f['test'].get('mean_ic'), 'mean_ic')}, "
+            f"test L/S Sharpe {fmt(f['test'].get('ls_sharpe'))} (net of flat costs "
+            f"{fmt(costs.get('ls_net_sharpe'))}, turnover-aware "
+            f"{fmt(costs.get('to_ls_net_sharpe'))})."
+        )
+    overfitting_section(doc, analysis)
+    by_name = {s["stage"]: s for s in analysis["stages"]}
+    for st in finished:
+        stage_section(doc, run, st, by_name[st.name])
+
+    doc.heading(2, "Validation against test for the top configs")
+    vt = val_test_figure(analysis, summary, m)
+    if vt is None:
+        doc.para("Not scored on the test set: `liquid-search report RUN_DIR` scores the top "
+                 "configs (the driver does at the end of a run) and fills this section.")  # fmt: skip
+    else:
+        fig, table = vt
+        doc.image("val_vs_test.png", png(fig), "Validation vs test of the top configs")
+        doc.table(["id", "stage", "config", "selected", "seeds", f"val {m}", f"test {m}",
+                   "test mean_ic", "test ls_sharpe"], table)  # fmt: skip
+    if summary is not None:
+        final_section(doc, run, summary)
+
+    title = f"liquid-search report: {run.path.rstrip('/').rsplit('/', 1)[-1]}"
+    return run.dir.write_report(doc.markdown(), doc.html(title), doc.images)

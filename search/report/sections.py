@@ -1,0 +1,150 @@
+"""The report's sections: the header, "is the winner real?", one per stage, the final model."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ranker.costs import CostModel
+from ranker.metrics import ANN
+from search.report.document import Doc, fmt, pm, png, point_text
+from search.report.figures import cumulative_figure, grid_figure, ic_figure
+from search.rundir import FINISHED, Run, StageRecord
+
+_TABLE_METRICS = ("ic_sharpe", "mean_ic", "ls_sharpe")
+
+
+def header_section(doc: Doc, run: Run) -> None:
+    """Title, run directory, data and splits; a note when the final model is not there yet."""
+    info = run.info.data if run.info else {}
+    name = run.path.rstrip("/").rsplit("/", 1)[-1]
+    doc.heading(1, f"liquid-search report: {name}")
+    doc.para(
+        f"Run directory {run.path}; report written {time.strftime('%Y-%m-%d %H:%M:%S')}. "
+        f"Selection metric: validation {run.spec.train.metric} (the best evaluation of each "
+        f"trial); stages: {', '.join(s.name for s in run.stages)}."
+    )
+    if info:
+        doc.table(
+            ["split", "rows", "dates"],
+            [[s, f"{info[f'{s}_rows']:,}" if isinstance(info.get(f"{s}_rows"), int) else "-",
+              str(info.get(f"{s}_dates", "-"))] for s in ("train", "val", "test")],
+        )  # fmt: skip
+        doc.para(
+            f"Data: {info.get('source', '?')}; {info.get('liquid_symbols', '?')} liquid of "
+            f"{info.get('symbols', '?')} symbols."
+        )
+    if run.summary is None:
+        doc.para("The final model has not been trained yet: the report covers the finished "
+                 "stages only.")  # fmt: skip
+
+
+def overfitting_section(doc: Doc, analysis: dict[str, Any]) -> None:
+    doc.heading(2, "Is the winner real?")
+    doc.para(
+        "PBO: probability of backtest overfitting by combinatorially symmetric cross-validation "
+        "over the stage's trials (their daily val IC, ranked by IC Sharpe in each half): the "
+        "share of the C(S, S/2) splits in which the in-sample best lands at or below the "
+        "out-of-sample median. About 0.5 or more: the stage's ranking does not carry over. "
+        "DSR: deflated Sharpe ratio of the selected trial's daily val IC, the probability that "
+        "its true IC Sharpe beats the best of N skill-less trials, N = every trial so far in the "
+        "run. Above 0.95: unlikely to be luck of the search. Sharpes here are annualised (x "
+        "sqrt(252)) with the sample std (ddof=1), so a little below the search's ic_sharpe."
+    )
+    rows = []
+    entries = [(st["stage"], st["pbo"], st["dsr"]) for st in analysis["stages"]]
+    if analysis.get("final"):
+        entries.append(("final model", None, analysis["final"]))
+    for name, p, d in entries:
+        if p is None:
+            pbo_txt, s_txt = "-", "-"
+        elif "skipped" in p:
+            pbo_txt, s_txt = f"skipped: {p['skipped']}", "-"
+        else:
+            pbo_txt = fmt(p["pbo"], "pbo")
+            s_txt = f"S={p['n_blocks']}, T={p['n_dates_used']}/{p['n_dates']}, N={p['n_trials']}"
+        if "skipped" in d:
+            dsr = [f"skipped: {d['skipped']}", "-", "-", "-", str(d.get("n_trials", "-"))]
+        else:
+            dsr = [fmt(d["dsr"], "dsr"), fmt(d["psr"], "psr"), fmt(d["sharpe_annual"]),
+                   fmt(d["sr0_annual"]), str(d["n_trials"])]  # fmt: skip
+        rows.append([name, pbo_txt, s_txt, *dsr])
+    doc.table(["stage", "PBO", "CSCV blocks / dates / trials", "DSR", "PSR (vs 0)",
+               "IC Sharpe (ann.)", "SR0 (ann.)", "N trials so far"], rows)  # fmt: skip
+    final = analysis.get("final")
+    if final and "series_source" in final:
+        doc.para(f"Final model's DSR uses the val IC series of: {final['series_source']}.")
+
+
+def stage_section(doc: Doc, run: Run, st: StageRecord, entry: dict[str, Any]) -> None:
+    """A finished stage: its grid figure and per-point table."""
+    metric = run.spec.train.metric
+    rows = st.rows or []
+    spec = st.spec
+    doc.heading(2, f"Stage {st.name}")
+    n_err = sum(r.status != FINISHED for r in rows)
+    doc.para(
+        f"{len(rows)} trials ({len(spec.points)} grid points x {spec.seeds} seed(s)), {n_err} "
+        f"failed. Selected: {point_text(entry['selected_point'])} with val {metric} "
+        f"{fmt(entry['value'], metric)}"
+        + (f" ({spec.select} over seeds)." if spec.seeds > 1 else ".")
+    )
+    fig = grid_figure(spec, rows, metric, entry["selected_point"])
+    doc.image(f"grid_{st.name}.png", png(fig), f"Stage {st.name}: val {metric} over the grid")
+    replicated = spec.seeds > 1
+    cols = list(dict.fromkeys([metric, *_TABLE_METRICS]))
+    header = [*spec.grid, "seeds ok", "failed", *(f"val {c}" for c in cols), "selected"]
+    if replicated:
+        header[len(spec.grid) + 2 : len(spec.grid) + 2 + len(cols)] = [
+            f"val {c} (mean ± std)" for c in cols
+        ]
+    table = []
+    for p in entry["points"]:
+        table.append([
+            *(f"{p[k]:g}" for k in spec.grid), str(p["n"]), str(p["errors"]),
+            *(pm(p[c], p[f"{c}_std"], replicated, c) for c in cols), "yes" if p["selected"] else "",
+        ])  # fmt: skip
+    doc.table(header, table)
+
+
+def final_section(doc: Doc, run: Run, summary: dict[str, Any]) -> None:
+    """The final model on the test set: returns and IC figures, liquid vs full universe."""
+    spec = run.spec
+    k = summary["final"].get("train", {}).get("k", spec.train.k)
+    doc.heading(2, "Final model on the test set")
+    costs = CostModel(**summary["costs_model"]) if summary.get("costs_model") else spec.costs
+    z = run.final_series("final", "test")
+    base = run.final_series("baseline", "test")
+    if z is None:
+        doc.para("No per-date test series of the final model: plots skipped.")
+    else:
+        doc.image("test_cumulative_returns.png", png(cumulative_figure(z, costs, k)),
+                  "Final model: cumulative test returns, gross and net of costs")  # fmt: skip
+        doc.image("test_daily_ic.png", png(ic_figure(z, base)),
+                  "Final model: daily test IC with its rolling mean")  # fmt: skip
+    doc.heading(3, "Liquid universe vs full universe (test set)")
+    doc.para(
+        "final: trained on the liquid universe (the search's winner); baseline: the same config "
+        "trained on the full universe; both tested on the liquid test set. Returns are mean "
+        f"daily x {ANN}; net of flat costs: both books fully rebuilt daily; turnover-aware: "
+        "costs only on the names that change. Oracle: the planted expected return (synthetic "
+        "data only), the ceiling."
+    )
+    parts = {"final (liquid)": summary["final"], "baseline (full)": summary.get("baseline")}
+    cols = [name for name, p in parts.items() if p]
+    oracle = summary["final"].get("oracle_test")
+    rows = []
+    test_keys = ("ic_sharpe", "mean_ic", "long_return", "long_sharpe", "short_return",
+                 "short_sharpe", "ls_return", "ls_sharpe")  # fmt: skip
+    cost_keys = ("ls_net_return", "ls_net_sharpe", "to_ls_net_return", "to_ls_net_sharpe",
+                 "mean_turnover", "breakeven_bps", "to_breakeven_bps")  # fmt: skip
+    for key in test_keys:
+        rows.append([key, *(fmt(parts[c]["test"].get(key), key) for c in cols),
+                     *([fmt(oracle.get(key), key)] if oracle else [])])  # fmt: skip
+    for key in cost_keys:
+        rows.append([key, *(fmt(parts[c].get("costs", {}).get(key), key) for c in cols),
+                     *(["-"] if oracle else [])])  # fmt: skip
+    rows.append(["val " + spec.train.metric,
+                 *(fmt(parts[c].get("val", {}).get(spec.train.metric), spec.train.metric) for c in cols),
+                 *(["-"] if oracle else [])])  # fmt: skip
+    doc.table(["metric", *cols, *(["oracle"] if oracle else [])], rows)

@@ -1,0 +1,552 @@
+"""The run directory: every file of a run, its name and its format, in one place.
+
+    RUN_DIR/spec.yaml                 the resolved spec                        SearchSpec
+    RUN_DIR/run.json                  the data the run was started on          RunInfo
+    RUN_DIR/stages.json               the directory of each stage's latest attempt (after reruns)
+    RUN_DIR/<stage>/                  Tune's experiment (read only through Tune's API), and:
+    RUN_DIR/<stage>/results.csv       one row per trial, for people and code   TrialRow
+    RUN_DIR/<stage>/best.json         the selected point and its configs       Best
+    RUN_DIR/<stage>/<trial>/checkpoint_*/{state.pt, daily.npz, point.json}    TrialCheckpoint
+    RUN_DIR/final/model.pt            the final model (ranker.checkpoint format)
+    RUN_DIR/final/<model>_<split>_daily.npz   per-date series                  Series
+    RUN_DIR/summary.json              stages, final and baseline metrics, costs
+    RUN_DIR/analysis.json             overfitting analysis (PBO, DSR, top configs on test)
+    RUN_DIR/report.md, report.html, report/*.png
+
+The directory is a local path or a URI (s3://, gs://); every write is atomic (`ranker.storage`).
+A stage rerun never moves a directory (object stores cannot): it runs in a new attempt
+directory, `<stage>.v2`, and stages.json points at it; the old attempt stays as it was.
+`RunDir.load()` reads the small files once into a `Run`; the per-trial checkpoint files are read
+on demand, each once.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from ranker import storage
+from ranker.metrics import Daily
+from ranker.panel import Panel
+from ranker.train import METRICS
+from search.errors import RunDirError
+from search.spec import SearchSpec, StageSpec, from_dict
+
+SPEC_FILE = "spec.yaml"
+RUN_FILE = "run.json"
+STAGES_FILE = "stages.json"
+RESULTS_FILE = "results.csv"
+BEST_FILE = "best.json"
+FINAL_DIR = "final"
+MODEL_FILE = "model.pt"
+SUMMARY_FILE = "summary.json"
+ANALYSIS_FILE = "analysis.json"
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+REPORT_DIR = "report"
+# Inside each trial checkpoint (a directory Tune stores and hands back):
+STATE_FILE = "state.pt"  # the resumable training state (`ranker.train.Evaluation.state()`)
+SERIES_FILE = "daily.npz"  # the per-date val series of the trial's best evaluation so far
+POINT_FILE = "point.json"  # the grid point and the configs it resolved to
+
+FINISHED = "TERMINATED"
+ERROR = "ERROR"
+
+
+# ---------------------------------------------------------------- JSON
+
+
+def _plain(o: Any) -> Any:
+    """NaN/inf -> None and numpy -> Python, recursively: every JSON file here is strict JSON."""
+    if isinstance(o, dict):
+        return {str(k): _plain(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_plain(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _plain(o.tolist())
+    if isinstance(o, np.generic):
+        o = o.item()
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return o
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(_plain(obj), indent=2, allow_nan=False)
+
+
+def _nan(v: Any) -> float:
+    """A number read back from JSON (None stands for NaN)."""
+    return math.nan if v is None else float(v)
+
+
+# ---------------------------------------------------------------- the typed records
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """RUN_DIR/run.json: where the data came from and what the load found."""
+
+    source: str
+    data: dict[str, Any]
+    columns: dict[str, list[str]]
+    started: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    """One trial of a stage: a row of RUN_DIR/<stage>/results.csv.
+
+    `metrics` are the validation metrics of the trial's best evaluation (by the spec's metric);
+    `checkpoint` is its latest checkpoint, relative to the run directory ('' when it has none).
+    """
+
+    trial_id: str
+    point: dict[str, float]
+    replicate: int
+    seed: int
+    status: str
+    error: str
+    epochs: int
+    best_epoch: int
+    metrics: dict[str, float]
+    train_seconds: float
+    restored: int
+    node_id: str
+    device: str
+    data_zero_copy: bool
+    mem_private_mb: float
+    mem_rss_mb: float
+    checkpoint: str
+
+    def finished(self, metric: str) -> bool:
+        """Ended normally with a value of `metric` to select on."""
+        return self.status == FINISHED and math.isfinite(self.metrics.get(metric, math.nan))
+
+    def matches(self, point: dict[str, Any]) -> bool:
+        return all(float(self.point[k]) == float(v) for k, v in point.items())
+
+
+_ROW_FIELDS = [f.name for f in fields(TrialRow) if f.name not in ("point", "metrics")]
+_ROW_INT = ("replicate", "seed", "epochs", "best_epoch", "restored")
+_ROW_FLOAT = ("train_seconds", "mem_private_mb", "mem_rss_mb")
+
+
+def _row_columns(keys: list[str]) -> list[str]:
+    i = _ROW_FIELDS.index("replicate")
+    j = _ROW_FIELDS.index("train_seconds")
+    return [*_ROW_FIELDS[:i], *keys, *_ROW_FIELDS[i:j], *METRICS, *_ROW_FIELDS[j:]]
+
+
+def rows_to_csv(rows: list[TrialRow], keys: list[str]) -> str:
+    """results.csv: one column per grid key, then one per field and metric."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=_row_columns(keys), lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        d = {k: getattr(r, k) for k in _ROW_FIELDS}
+        w.writerow({**d, **{k: r.point[k] for k in keys}, **r.metrics})
+    return buf.getvalue()
+
+
+def rows_from_csv(text: str, keys: list[str], where: str) -> list[TrialRow]:
+    """The typed rows of a results.csv written by `rows_to_csv` for a stage with grid `keys`."""
+    out = []
+    reader = csv.DictReader(io.StringIO(text))
+    want = _row_columns(keys)
+    if reader.fieldnames != want:
+        raise RunDirError(
+            f"{where}: columns {reader.fieldnames} are not the ones this version writes ({want}). "
+            f"Fix: rerun the stage with `liquid-search stage NAME --run RUN_DIR`."
+        )
+    for d in reader:
+        out.append(
+            TrialRow(
+                trial_id=d["trial_id"],
+                point={k: float(d[k]) for k in keys},
+                status=d["status"],
+                error=d["error"],
+                metrics={m: float(d[m]) for m in METRICS},
+                node_id=d["node_id"],
+                device=d["device"],
+                data_zero_copy=d["data_zero_copy"] == "True",
+                checkpoint=d["checkpoint"],
+                **{k: int(d[k]) for k in _ROW_INT},
+                **{k: float(d[k]) for k in _ROW_FLOAT},
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class Best:
+    """RUN_DIR/<stage>/best.json: the selected grid point of a stage and its resolved configs."""
+
+    stage: str
+    metric: str
+    value: float
+    replicate_values: list[float]
+    replicate_std: float
+    select: str
+    point: dict[str, float]
+    model: dict[str, Any]
+    train: dict[str, Any]
+    trials: int
+    errors: int
+    wall_seconds: float
+
+    @classmethod
+    def from_json(cls, text: str) -> Best:
+        d = json.loads(text)
+        d["value"], d["replicate_std"] = _nan(d["value"]), _nan(d["replicate_std"])
+        d["wall_seconds"] = _nan(d["wall_seconds"])
+        return cls(**d)
+
+
+@dataclass(frozen=True, eq=False)
+class Series:
+    """The per-date series of one model on one split: the one format for trials (their best
+    evaluation on val) and for the final model and baseline (val and test).
+
+    Attributes:
+        date: (n,) datetime64[D] the dates with enough names for the metrics.
+        ic, long, short, ls: (n,) float64 daily IC and book returns (as `ranker.metrics.Daily`).
+        long_symbols, short_symbols: (n, k) int32 symbol ids held in each book (indices into
+            the run's symbols).
+    """
+
+    date: np.ndarray
+    ic: np.ndarray
+    long: np.ndarray
+    short: np.ndarray
+    ls: np.ndarray
+    long_symbols: np.ndarray
+    short_symbols: np.ndarray
+
+    @classmethod
+    def from_daily(cls, d: Daily, panel: Panel) -> Series:
+        return cls(
+            date=panel.dates[d.date_idx].astype("datetime64[D]"),
+            ic=d.ic, long=d.long, short=d.short, ls=d.ls,
+            long_symbols=panel.symbol_ids[d.long_rows].astype(np.int32),
+            short_symbols=panel.symbol_ids[d.short_rows].astype(np.int32),
+        )  # fmt: skip
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        arrays = {f.name: getattr(self, f.name) for f in fields(self)}
+        arrays["date"] = self.date.astype("datetime64[D]").astype(np.int64)  # days since 1970
+        np.savez(buf, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Series:
+        with np.load(io.BytesIO(data)) as z:
+            arrays = {f.name: z[f.name] for f in fields(cls)}
+        arrays["date"] = arrays["date"].astype("datetime64[D]")
+        return cls(**arrays)
+
+
+@dataclass(frozen=True)
+class TrialCheckpoint:
+    """What a trial saves with every evaluation, in the directory Tune stores for it."""
+
+    state: dict[str, Any]  # `ranker.train.Evaluation.state()`: tensors and plain values
+    series: Series | None  # the val series of the best evaluation so far
+    point: dict[str, Any]
+    model: dict[str, Any]
+    train: dict[str, Any]
+
+    def write(self, directory: str) -> None:
+        """Into a local directory (Tune uploads it)."""
+        storage.write_with(storage.join(directory, STATE_FILE), lambda f: torch.save(self.state, f))
+        if self.series is not None:
+            storage.write_bytes(storage.join(directory, SERIES_FILE), self.series.to_bytes())
+        doc = {"point": self.point, "model": self.model, "train": self.train}
+        storage.write_text(storage.join(directory, POINT_FILE), dumps(doc))
+
+
+def read_state(directory: str) -> dict[str, Any]:
+    """The training state in a trial checkpoint directory (local path or URI)."""
+    data = storage.read_bytes(storage.join(directory, STATE_FILE))
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def read_series(directory: str) -> Series | None:
+    """The val series in a trial checkpoint directory, or None if it has none."""
+    path = storage.join(directory, SERIES_FILE)
+    return Series.from_bytes(storage.read_bytes(path)) if storage.exists(path) else None
+
+
+def read_point(directory: str) -> dict[str, Any]:
+    """point.json of a trial checkpoint: {point, model, train}."""
+    return json.loads(storage.read_text(storage.join(directory, POINT_FILE)))
+
+
+# ---------------------------------------------------------------- a loaded run
+
+
+@dataclass
+class StageRecord:
+    """One stage of a run as loaded: its spec, attempt directory, rows and best (None until the
+    stage has finished)."""
+
+    spec: StageSpec
+    dir: str  # relative to the run directory
+    rows: list[TrialRow] | None
+    best: Best | None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def done(self) -> bool:
+        return self.rows is not None and self.best is not None
+
+
+@dataclass
+class Run:
+    """A run directory's files, read once. Trial checkpoint files load on demand, once each."""
+
+    dir: RunDir
+    spec: SearchSpec
+    info: RunInfo | None
+    stages: list[StageRecord]
+    summary: dict[str, Any] | None
+    analysis: dict[str, Any] | None
+    _series: dict[tuple[str, str], Series | None] = field(default_factory=dict, repr=False)
+
+    @property
+    def path(self) -> str:
+        return self.dir.path
+
+    def stage(self, name: str) -> StageRecord:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise RunDirError(
+            f"{self.path}: no stage {name!r}; its stages are {[s.name for s in self.stages]}"
+        )
+
+    @property
+    def finished(self) -> list[StageRecord]:
+        """The finished stages, in order, up to the first unfinished one."""
+        out = []
+        for s in self.stages:
+            if not s.done:
+                break
+            out.append(s)
+        return out
+
+    def trial_series(self, stage: str) -> dict[str, Series]:
+        """The val series of each finished trial's best evaluation, by trial id (trials with no
+        series are left out)."""
+        st = self.stage(stage)
+        out = {}
+        for r in st.rows or []:
+            if r.status != FINISHED or not r.checkpoint:
+                continue
+            key = (stage, r.trial_id)
+            if key not in self._series:
+                self._series[key] = read_series(self.dir.resolve(r.checkpoint))
+            s = self._series[key]
+            if s is not None:
+                out[r.trial_id] = s
+        return out
+
+    def trial_state(self, row: TrialRow) -> dict[str, Any]:
+        """The training state in a trial's latest checkpoint.
+
+        Raises:
+            RunDirError: the trial has no checkpoint (it never finished an evaluation).
+        """
+        if not row.checkpoint:
+            raise RunDirError(
+                f"{self.path}: trial {row.trial_id} has no checkpoint; it never finished an "
+                f"evaluation"
+            )
+        return read_state(self.dir.resolve(row.checkpoint))
+
+    def final_series(self, model: str, split: str) -> Series | None:
+        return self.dir.read_final_series(model, split)
+
+
+# ---------------------------------------------------------------- the directory
+
+
+class RunDir:
+    """A run directory: names its files, writes them atomically and reads them back typed."""
+
+    def __init__(self, path: str) -> None:
+        self.path = storage.absolute(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({self.path!r})"
+
+    def file(self, *parts: str) -> str:
+        return storage.join(self.path, *parts)
+
+    def resolve(self, rel: str) -> str:
+        """A path recorded relative to the run directory (absolute ones pass through)."""
+        return rel if storage.is_uri(rel) or rel.startswith("/") else self.file(rel)
+
+    def relative(self, fs_path: str) -> str:
+        """A path on the run directory's filesystem (as Tune reports checkpoints: no scheme),
+        relative to the run directory when it is inside it."""
+        _, root = storage.filesystem(self.path)
+        root = root.rstrip("/") + "/"
+        return fs_path[len(root) :] if fs_path.startswith(root) else fs_path
+
+    # -- spec and info
+
+    def is_run(self) -> bool:
+        return storage.exists(self.file(SPEC_FILE))
+
+    def require(self) -> None:
+        """Raises RunDirError unless this is a run directory."""
+        if self.is_run():
+            return
+        what = "does not exist" if not storage.exists(self.path) else f"holds no {SPEC_FILE}"
+        raise RunDirError(
+            f"{self.path} {what}, so it is not a run directory. Fix: pass a directory made by "
+            f"`liquid-search run` (under its --storage, default ./runs)."
+        )
+
+    def write_spec(self, spec: SearchSpec) -> None:
+        storage.write_text(self.file(SPEC_FILE), yaml.safe_dump(spec.to_dict(), sort_keys=False))
+
+    def read_spec(self) -> SearchSpec:
+        """The resolved spec the run was started with.
+
+        Raises:
+            RunDirError: not a run directory.
+            SpecError: the spec no longer loads (written by another version).
+        """
+        self.require()
+        path = self.file(SPEC_FILE)
+        return from_dict(yaml.safe_load(storage.read_text(path)), path, grid=False)
+
+    def write_info(self, info: RunInfo) -> None:
+        storage.write_text(self.file(RUN_FILE), dumps(asdict(info)))
+
+    def read_info(self) -> RunInfo | None:
+        path = self.file(RUN_FILE)
+        return RunInfo(**json.loads(storage.read_text(path))) if storage.exists(path) else None
+
+    # -- stages
+
+    def _attempts(self) -> dict[str, str]:
+        path = self.file(STAGES_FILE)
+        return json.loads(storage.read_text(path)) if storage.exists(path) else {}
+
+    def stage_dir(self, stage: str) -> str:
+        """The directory name (relative) of the stage's latest attempt."""
+        return self._attempts().get(stage, stage)
+
+    def stage_path(self, stage: str) -> str:
+        return self.file(self.stage_dir(stage))
+
+    def new_attempt(self, stage: str) -> str:
+        """Start a fresh attempt of `stage` in a new directory (the old one is kept as it is);
+        returns its name. Nothing is moved, so this works on object stores."""
+        attempts = self._attempts()
+        n = 2
+        while storage.exists(self.file(f"{stage}.v{n}")) or f"{stage}.v{n}" in attempts.values():
+            n += 1
+        name = f"{stage}.v{n}" if storage.exists(self.stage_path(stage)) else stage
+        attempts[stage] = name
+        storage.write_text(self.file(STAGES_FILE), dumps(attempts))
+        return name
+
+    def write_rows(self, stage: StageSpec, rows: list[TrialRow]) -> None:
+        path = storage.join(self.stage_path(stage.name), RESULTS_FILE)
+        storage.write_text(path, rows_to_csv(rows, list(stage.grid)))
+
+    def write_stage(self, stage: StageSpec, rows: list[TrialRow], best: Best) -> None:
+        """results.csv, then best.json (whose presence marks the stage finished)."""
+        self.write_rows(stage, rows)
+        path = storage.join(self.stage_path(stage.name), BEST_FILE)
+        storage.write_text(path, dumps(asdict(best)))
+
+    def read_best(self, stage: str) -> Best | None:
+        path = storage.join(self.stage_path(stage), BEST_FILE)
+        return Best.from_json(storage.read_text(path)) if storage.exists(path) else None
+
+    def read_rows(self, stage: StageSpec) -> list[TrialRow] | None:
+        path = storage.join(self.stage_path(stage.name), RESULTS_FILE)
+        if not storage.exists(path):
+            return None
+        return rows_from_csv(storage.read_text(path), list(stage.grid), path)
+
+    # -- final model
+
+    def model_path(self) -> str:
+        return self.file(FINAL_DIR, MODEL_FILE)
+
+    def _series_path(self, model: str, split: str) -> str:
+        return self.file(FINAL_DIR, f"{model}_{split}_daily.npz")
+
+    def write_final_series(self, model: str, split: str, series: Series) -> None:
+        storage.write_bytes(self._series_path(model, split), series.to_bytes())
+
+    def read_final_series(self, model: str, split: str) -> Series | None:
+        path = self._series_path(model, split)
+        return Series.from_bytes(storage.read_bytes(path)) if storage.exists(path) else None
+
+    # -- summary, analysis, report
+
+    def write_summary(self, summary: dict[str, Any]) -> str:
+        path = self.file(SUMMARY_FILE)
+        storage.write_text(path, dumps(summary))
+        return path
+
+    def read_summary(self) -> dict[str, Any] | None:
+        path = self.file(SUMMARY_FILE)
+        return json.loads(storage.read_text(path)) if storage.exists(path) else None
+
+    def is_complete(self) -> bool:
+        return storage.exists(self.file(SUMMARY_FILE))
+
+    def write_analysis(self, analysis: dict[str, Any]) -> str:
+        path = self.file(ANALYSIS_FILE)
+        storage.write_text(path, dumps(analysis))
+        return path
+
+    def read_analysis(self) -> dict[str, Any] | None:
+        path = self.file(ANALYSIS_FILE)
+        return json.loads(storage.read_text(path)) if storage.exists(path) else None
+
+    def write_report(self, markdown: str, html: str, images: dict[str, bytes]) -> tuple[str, str]:
+        """report/*.png, report.md (which links them) and the self-contained report.html."""
+        for name, png in images.items():
+            storage.write_bytes(self.file(REPORT_DIR, name), png)
+        md, page = self.file(REPORT_MD), self.file(REPORT_HTML)
+        storage.write_text(md, markdown)
+        storage.write_text(page, html)
+        return md, page
+
+    # -- everything
+
+    def load(self) -> Run:
+        """Read the run's spec, info, stage results and bests, summary and analysis, once.
+
+        Raises:
+            RunDirError: not a run directory.
+        """
+        spec = self.read_spec()
+        stages = []
+        for st in spec.stages:
+            best = self.read_best(st.name)
+            rows = self.read_rows(st)
+            stages.append(StageRecord(st, self.stage_dir(st.name), rows, best))
+        return Run(self, spec, self.read_info(), stages, self.read_summary(), self.read_analysis())

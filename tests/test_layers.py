@@ -1,0 +1,120 @@
+"""The shape of the code: `ranker/` and `search/` import each other as a DAG, `ranker/` never
+imports ray, nothing reaches into Ray's private modules, and only `search/rundir.py` spells the
+names of a run directory's files."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("ranker", "search")
+# Every file name of a run directory; only the module that owns them may write them out.
+RUN_FILES = ("spec.yaml", "run.json", "stages.json", "results.csv", "best.json", "model.pt",
+             "summary.json", "analysis.json", "report.md", "report.html", "state.pt",
+             "daily.npz", "point.json", "_daily.npz")  # fmt: skip
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for pkg in PACKAGES:
+        for path in (ROOT / pkg).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            out[name] = path
+    return out
+
+
+def _imports(path: Path, modules: dict[str, Path], me: str) -> set[str]:
+    """Every module (ours or not) that `path` imports, at the top or inside a function."""
+    tree = ast.parse(path.read_text())
+    out = set()
+    package = me if path.name == "__init__.py" else me.rsplit(".", 1)[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+                base = f"{base}.{node.module}" if node.module else base
+            for a in node.names:
+                sub = f"{base}.{a.name}"
+                out.add(sub if sub in modules else base)
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {m: {i for i in _imports(p, modules, m) if i in modules} for m, p in modules.items()}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle of the graph as a path (first == last), or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                return [*stack[stack.index(n) :], n]
+            if n not in state and (found := visit(n)):
+                return found
+        stack.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (found := visit(m)):
+            return found
+    return None
+
+
+def test_the_packages_import_each_other_as_a_dag():
+    graph = _graph()
+    assert len(graph) > 20 and graph["search.cli"], "the parser finds the modules and imports"
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph) or [])
+    # ranker is the bottom layer: it never imports search.
+    assert not [(m, i) for m, deps in graph.items() if m.startswith("ranker")
+                for i in deps if i.startswith("search")]  # fmt: skip
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_ranker_never_imports_ray():
+    modules = _modules()
+    for name, path in modules.items():
+        if name.startswith("ranker"):
+            ray = {i for i in _imports(path, modules, name) if i.split(".")[0] == "ray"}
+            assert not ray, f"{path} imports {ray}"
+
+
+def test_no_private_ray_api():
+    private = re.compile(
+        r"_local_tuner|\bray\._(?!_)"
+    )  # ray._raylet, ray._private; not __version__
+    assert private.search("from ray._raylet import Config") and not private.search(
+        "ray.__version__"
+    )
+    for path in [*(ROOT / "search").rglob("*.py"), *(ROOT / "ranker").rglob("*.py")]:
+        found = private.findall(path.read_text())
+        assert not found, f"{path} uses a private Ray API: {found}"
+
+
+def test_only_rundir_spells_run_file_names():
+    for name, path in _modules().items():
+        if name == "search.rundir":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                for f in RUN_FILES:
+                    assert " " in node.value or not node.value.endswith(f), (
+                        f"{path}:{node.lineno} spells the run file {node.value!r}; ask "
+                        f"search.rundir for it"
+                    )
