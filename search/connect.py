@@ -61,8 +61,19 @@ def init(address: str | None, *, verbose: bool = False) -> Any:
         where = "the cluster of this Ray job"
     else:
         where = "a local Ray on this machine"
+    kwargs: dict[str, Any] = {}
+    if address and address.startswith("ray://"):
+        # Through Ray Client, Tune runs each stage in an actor on the cluster: give it the old
+        # (silent at verbose=0) output engine that this process uses, or it prints its own
+        # configuration box and progress for every stage. And Ray Client prints every line a
+        # worker writes twice; our progress lines come back through a queue instead
+        # (stages.Progress).
+        kwargs["runtime_env"] = {"env_vars": {"RAY_AIR_NEW_OUTPUT": "0"}}
+        kwargs["log_to_driver"] = False
     try:
-        ctx = ray.init(address=address, logging_level=logging.INFO if verbose else logging.WARNING)
+        ctx = ray.init(
+            address=address, logging_level=logging.INFO if verbose else logging.WARNING, **kwargs
+        )
     except (AuthenticationError, ConnectionError) as e:
         if _auth_refused(e):
             raise ClusterError(
@@ -91,6 +102,11 @@ def init(address: str | None, *, verbose: bool = False) -> Any:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def is_client() -> bool:
+    """Connected through Ray Client (ray://host:10001)."""
+    return ray.util.client.ray.is_connected()
 
 
 def alive_nodes() -> list[dict[str, Any]]:

@@ -11,19 +11,23 @@ trial raises StageFailed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from ray import tune
+from ray.util.queue import Empty, Queue
 
 from ranker import storage
 from ranker.model import ModelConfig
 from ranker.train import METRICS, TrainConfig
+from search.connect import is_client
 from search.errors import Interrupted, StageFailed
 from search.rundir import ERROR, FINISHED, Best, RunDir, TrialRow
 from search.spec import REPLICATE, REPLICATE_SEED_STRIDE, SearchSpec, StageSpec, resolve_point
@@ -49,12 +53,14 @@ class Progress(tune.Callback):
     """One log line per finished or failed trial, counted over the stage.
 
     The Tuner pickles its callbacks with the experiment and a restored Tuner uses that copy, so
-    this holds no handle to the driver (it logs through `logging`) and keeps its count through
-    `get_state`/`set_state`, which Tune saves with every experiment snapshot.
+    this holds no handle to the driver's logging and keeps its count through
+    `get_state`/`set_state`, which Tune saves with every experiment snapshot. Through Ray Client
+    (ray://) Tune runs the stage in an actor on the cluster; there the lines travel back through
+    `relay`, a `ray.util.queue.Queue` the driver drains.
     """
 
-    def __init__(self, stage: StageSpec, metric: str) -> None:
-        self.stage, self.metric = stage, metric
+    def __init__(self, stage: StageSpec, metric: str, relay: Any = None) -> None:
+        self.stage, self.metric, self.relay = stage, metric, relay
         self.total = len(stage.points) * stage.seeds
         self.done = 0
 
@@ -64,15 +70,21 @@ class Progress(tune.Callback):
     def set_state(self, state: dict[str, Any]) -> None:
         self.done = int(state.get("done", 0))
 
+    def _say(self, line: str) -> None:
+        if self.relay is not None:
+            self.relay.put_nowait(line)
+        else:
+            log.info(line)
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.done += 1
         r = trial.last_result or {}
         head = f"[{self.stage.name} {self.done:3d}/{self.total}] {point_text(self.stage, trial.config)}"
         if CONFIG_ERROR in r:
-            log.info(f"{head} | FAILED: {r[CONFIG_ERROR]}")
+            self._say(f"{head} | FAILED: {r[CONFIG_ERROR]}")
             return
         nan = math.nan
-        log.info(
+        self._say(
             f"{head} | val {self.metric} {r.get('best_' + self.metric, nan):6.2f} "
             f"(epoch {r.get('best_epoch', '-')}) mean IC {r.get('best_mean_ic', nan):+.4f} "
             f"long {r.get('best_long_sharpe', nan):5.2f} "
@@ -82,11 +94,37 @@ class Progress(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.done += 1
-        log.info(
+        self._say(
             f"[{self.stage.name} {self.done:3d}/{self.total}] "
             f"{point_text(self.stage, trial.config)} | FAILED after {trial.num_failures} "
-            f"attempt(s) (the error is logged above and kept in results.csv)"
+            f"attempt(s) (its error is kept in results.csv)"
         )
+
+
+class _Relay:
+    """Drains a Progress relay queue into our log, on a thread, while a stage runs."""
+
+    def __init__(self) -> None:
+        self.queue = Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                log.info(self.queue.get(timeout=0.5))
+            except Empty:
+                if self._stop.is_set():
+                    return
+
+    def __enter__(self) -> _Relay:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.queue.shutdown()
 
 
 def _error_line(text: str) -> str:
@@ -130,6 +168,8 @@ def run_stage(
     # small JSON file, so once a second costs little and bounds the replay to a second.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     t0 = time.time()
+    relay_ctx = _Relay() if is_client() else None
+    relay = relay_ctx.queue if relay_ctx is not None else None
     if tune.Tuner.can_restore(exp_dir):
         log.info(f"[{stage.name}] resuming the experiment at {exp_dir} (finished trials are kept)")
         tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True)
@@ -154,7 +194,7 @@ def run_stage(
                 name=run.stage_dir(stage.name),
                 storage_path=run.path,
                 verbose=0,
-                callbacks=[Progress(stage, spec.train.metric)],
+                callbacks=[Progress(stage, spec.train.metric, relay)],
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 # Every checkpoint is kept (a trial writes epochs / eval_every of them, a few MB
                 # each): with a limit, Tune deletes old ones and must snapshot the experiment
@@ -162,7 +202,10 @@ def run_stage(
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             ),
         )
-    grid = tuner.fit()
+    with contextlib.ExitStack() as stack:
+        if relay is not None:
+            stack.enter_context(relay_ctx)
+        grid = tuner.fit()
     unfinished = [r for r in grid if r.error is None and not (r.metrics or {}).get("done")]
     if unfinished:  # Tune stopped on Ctrl-C (SIGINT) and saved its state: nothing to select
         raise Interrupted(

@@ -56,6 +56,7 @@ class LocalCluster:
         worker_cpus: CPUs of each worker node, one entry per node.
         object_store_mb: object store of every node.
         dashboard: start the dashboard (and with it the Jobs REST API) on a free port.
+        client: start the Ray Client server on the head, on a free port (`client_address`).
         system_config: RayConfig overrides for the whole cluster.
     """
 
@@ -66,6 +67,7 @@ class LocalCluster:
         worker_cpus: tuple[int, ...] = (1,),
         object_store_mb: int = 250,
         dashboard: bool = False,
+        client: bool = False,
         system_config: dict[str, Any] | None = None,
     ) -> None:
         self.spec = {
@@ -73,6 +75,7 @@ class LocalCluster:
             "worker_cpus": list(worker_cpus),
             "object_store_mb": object_store_mb,
             "dashboard": dashboard,
+            "client": client,
             "system_config": system_config or {},
         }
         self.dir: Path | None = None
@@ -109,6 +112,10 @@ class LocalCluster:
         return self.info["address"]
 
     @property
+    def client_address(self) -> str:
+        return f"ray://127.0.0.1:{self.info['client_port']}"
+
+    @property
     def dashboard_url(self) -> str:
         return f"http://{self.info['dashboard']}"
 
@@ -131,6 +138,8 @@ class LocalCluster:
             spec["dashboard_port"] = free_port()
         # The head's agent port defaults to 52365, which another Ray on this machine may hold.
         spec["agent_port"] = free_port()
+        if spec["client"]:
+            spec["client_port"] = free_port()
         with open(self.dir / "cluster.log", "w") as log:
             # Its own session: a signal meant for pytest doesn't reach the nodes half-way; they
             # go down through stop() (or when pytest dies and the child's stdin closes).
@@ -268,6 +277,8 @@ def _serve(spec: dict[str, Any]) -> None:
     }
     if spec["dashboard"]:
         head.update(dashboard_host="127.0.0.1", dashboard_port=spec["dashboard_port"])
+    if spec["client"]:
+        head["ray_client_server_port"] = spec["client_port"]
     cluster = Cluster(initialize_head=True, head_node_args=head)
     try:
         workers = {}
@@ -276,7 +287,8 @@ def _serve(spec: dict[str, Any]) -> None:
             workers[node.node_id] = node
         cluster.wait_for_nodes()
         reply({"address": cluster.address, "dashboard": cluster.webui_url,
-               "head": cluster.head_node.node_id, "workers": list(workers)})  # fmt: skip
+               "head": cluster.head_node.node_id, "workers": list(workers),
+               "client_port": spec.get("client_port")})  # fmt: skip
         for line in sys.stdin:
             cmd = json.loads(line)
             if cmd["op"] == "kill":

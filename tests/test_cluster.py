@@ -104,6 +104,22 @@ def test_trials_spread_over_two_nodes(make_cluster, tiny_market, tmp_path):
     _stop_clean(cluster)
 
 
+def test_through_ray_client_each_line_once(make_cluster, tiny_market, tmp_path):
+    """`--address ray://...`: Tune runs each stage in an actor on the cluster; the driver still
+    prints each per-trial line once, and none of Tune's own boxes and tables."""
+    cluster = make_cluster(head_cpus=2, worker_cpus=(), client=True)
+    args = _search(cluster, tmp_path / "runs", "rc", f"data.source={tiny_market}")
+    args[args.index("--address") + 1] = cluster.client_address
+    r = subprocess.run(args, capture_output=True, text=True, env=cluster.env(), timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.strip() == str(tmp_path / "runs" / "rc")
+    per_trial = re.findall(r"^\[(\w+)\s+\d+/2\] .* \| val ic_sharpe", r.stderr, flags=re.M)
+    assert sorted(per_trial) == sorted(STAGES * 2), r.stderr[-3000:]
+    assert "Configuration for experiment" not in r.stderr + r.stdout
+    assert (tmp_path / "runs" / "rc" / "summary.json").is_file()
+    _stop_clean(cluster)
+
+
 def _api(cluster: LocalCluster, method: str, path: str, body: Any = None,
          token: str | None = "cluster") -> tuple[int, Any]:  # fmt: skip
     """One Jobs REST API call; token "cluster" sends the cluster's, None sends no header."""
