@@ -1,26 +1,28 @@
-"""Benchmark: one default-config trial on one thread, and Panel loading vs pyarrow.
+"""Benchmark: one default-config trial on one thread, in fp32 and in bf16, against this
+machine's measured matmul peak.
 
-    python benchmarks/bench_train.py [--rows 64500] [--data DIR]
+    python benchmarks/bench_train.py [--rows 64500] [--precision fp32 bf16]
 
-Prints (1) the time of one 15-epoch default-config trial (eval every 5) on a synthetic Panel of
-~64,500 training rows with torch on 1 thread, the FLOPs it does (counted analytically from the
-layer shapes), the achieved GFLOP/s, and the fp32 matmul GFLOP/s of this machine measured in the
-same run; (2) the time to load a dataset into Panels next to the time pyarrow alone takes to read
-the same columns.
+Prints (1) the fp32 and bf16 matmul GFLOP/s of this machine, on one thread, on the shapes the
+model's training step uses (the news encoder's forward and weight gradient) and on a large
+square product; (2) the time of one 15-epoch default-config trial (eval every 5) on a synthetic
+Panel of ~64,500 training rows (`--rows 270000`: the notebook's scale) in each precision, the
+FLOPs it does (counted analytically from the layer shapes), and the achieved GFLOP/s as a share
+of each peak.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from ranker.model import ModelConfig, MultiBranchRanker
-from ranker.panel import Panel
+from ranker.panel import Panel, to_bf16_bits
 from ranker.train import TrainConfig, fit
 
 
@@ -65,23 +67,43 @@ def train_flops(cfg: ModelConfig, train_rows_per_epoch: int, epochs: int, eval_r
     return epochs * train_rows_per_epoch * (fwd + bwd) + evals * eval_rows * fwd
 
 
-def matmul_gflops(n: int = 2048, repeat: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype, repeat: int = 20) -> float:
+    """GFLOP/s of an (m, k) @ (k, n) product in `dtype` (the best of `repeat`)."""
+    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(repeat):
         t = time.perf_counter()
         torch.mm(a, b)
         best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
+    return 2 * m * k * n / best / 1e9
 
 
-def bench_trial(rows: int) -> None:
+def peaks() -> dict[str, float]:
+    """The matmul peak per precision: the best of the model's big shapes and a square one."""
+    torch.set_num_threads(1)
+    shapes = {"news fwd 1024x768 @ 768x128": (1024, 768, 128),
+              "news wgrad 128x1024 @ 1024x768": (128, 1024, 768),
+              "square 2048^3": (2048, 2048, 2048)}  # fmt: skip
+    out = {}
+    for prec, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        rates = {
+            name: matmul_gflops(*s, dtype, 5 if s[0] == 2048 else 20) for name, s in shapes.items()
+        }
+        print(f"{prec} matmul, 1 thread: "
+              + "; ".join(f"{name} {g:.0f} GFLOP/s" for name, g in rates.items()))  # fmt: skip
+        out[prec] = max(rates.values())
+    return out
+
+
+def bench_trial(rows: int, precision: str, peak: dict[str, float]) -> None:
     torch.set_num_threads(1)
     train = random_panel(rows, 250, seed=0)
     val = random_panel(rows // 7, 36, seed=1)
-    cfg, tc = ModelConfig(), TrainConfig()
-    peak = matmul_gflops()
+    if precision == "bf16":
+        train = replace(train, emb=to_bf16_bits(train.emb))
+        val = replace(val, emb=to_bf16_bits(val.emb))
+    cfg, tc = ModelConfig(), TrainConfig(precision=precision)
     # torch.optim imports torch._dynamo when a process builds its first optimizer (~1 s, plus
     # the garbage collections it triggers): a once-per-process cost, timed apart from training.
     t = time.perf_counter()
@@ -94,42 +116,11 @@ def bench_trial(rows: int) -> None:
     evals = len(result.history)
     flops = train_flops(cfg, pairs_rows, tc.epochs, len(val), evals)
     achieved = flops / wall / 1e9
-    print(f"trial: {rows:,} train rows x {tc.epochs} epochs (+{evals} evals of {len(val):,} rows), "
-          f"1 thread: {wall:.2f} s (+{import_s:.2f} s once per process for torch's optimizer "
-          f"imports)")  # fmt: skip
-    print(f"  {flops / 1e9:,.0f} GFLOP -> {achieved:.1f} GFLOP/s; fp32 matmul (2048^3) on this "
-          f"machine: {peak:.1f} GFLOP/s; ratio {achieved / peak:.0%}")  # fmt: skip
-
-
-def bench_load(data: str | None, scale: float) -> None:
-    import pyarrow.parquet as pq
-
-    from ranker import schema
-    from ranker.data import load
-    from ranker.synth import generate
-
-    tmp = None
-    if data is None:
-        tmp = tempfile.TemporaryDirectory()
-        data = tmp.name
-        print(f"generating a synthetic market (scale {scale}) for the load benchmark ...")
-        generate(data, scale=scale, seed=0)
-    path = os.path.join(data, schema.DATASET_FILE)
-    cols = schema.resolve_features(pq.read_schema(path).names)
-    needed = [schema.DATE, schema.SYMBOL, schema.TARGET, *cols.all]
-    t = time.perf_counter()
-    table = pq.read_table(path, columns=needed)
-    t_arrow = time.perf_counter() - t
-    n_rows = table.num_rows
-    del table
-    t = time.perf_counter()
-    ds = load(data)
-    t_load = time.perf_counter() - t
-    print(f"load: {n_rows:,} rows x {len(needed)} columns; pyarrow.read_table alone {t_arrow:.2f} s, "
-          f"ranker.data.load into Panels {t_load:.2f} s ({t_load / t_arrow:.2f}x); train "
-          f"{len(ds.train):,} rows")  # fmt: skip
-    if tmp:
-        tmp.cleanup()
+    print(f"trial ({precision}): {rows:,} train rows x {tc.epochs} epochs (+{evals} evals of "
+          f"{len(val):,} rows), 1 thread: {wall:.2f} s (+{import_s:.2f} s once per process for "
+          f"torch's optimizer imports)")  # fmt: skip
+    print(f"  {flops / 1e9:,.0f} GFLOP -> {achieved:.1f} GFLOP/s = "
+          + ", ".join(f"{achieved / g:.0%} of the {p} peak ({g:.0f})" for p, g in peak.items()))  # fmt: skip
 
 
 def main() -> None:
@@ -137,16 +128,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--rows", type=int, default=64_500)
-    p.add_argument("--data", help="dataset directory for the load benchmark (default: synthetic)")
-    p.add_argument(
-        "--scale", type=float, default=0.27, help="synthetic scale for the load benchmark"
-    )
-    p.add_argument("--skip-load", action="store_true")
+    p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     args = p.parse_args()
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs visible")
-    bench_trial(args.rows)
-    if not args.skip_load:
-        bench_load(args.data, args.scale)
+    peak = peaks()
+    for precision in args.precision:
+        bench_trial(args.rows, precision, peak)
 
 
 if __name__ == "__main__":

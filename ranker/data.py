@@ -14,20 +14,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ranker import schema, storage
-from ranker.panel import Panel
+from ranker.panel import Panel, to_bf16_bits
 from ranker.schema import FeatureColumns
 from ranker.split import SplitConfig, split_dates
 from ranker.universe import UniverseConfig, full_period_liquid, trailing_liquid
 
-BATCH_ROWS = 65_536
-_FILL_ROWS = 2_048  # row block for the column -> row-major copy (fits in L2 at 768 columns)
+BATCH_BYTES = 64 * 2**20  # decoded feature bytes per read: bounds the loader's working set
 
 
 class DataError(ValueError):
@@ -114,8 +112,32 @@ def _to_days(col: pa.ChunkedArray | pa.Array, uri: str, name: str) -> np.ndarray
     return days.to_numpy(zero_copy_only=False).astype("datetime64[D]").astype(np.int64)
 
 
-def _row_desc(days: np.ndarray, symbols: np.ndarray, i: int) -> str:
-    return f"row {i} (feature_date={np.datetime64(int(days[i]), 'D')}, symbol={str(symbols[i])!r})"
+def _row_desc(days: np.ndarray, symbols: list[str], codes: np.ndarray, i: int) -> str:
+    return (
+        f"row {i} (feature_date={np.datetime64(int(days[i]), 'D')}, symbol={symbols[codes[i]]!r})"
+    )
+
+
+def _symbol_codes(
+    *columns: tuple[pa.ChunkedArray, str],
+) -> tuple[list[np.ndarray], list[str]]:
+    """Each symbol column as int32 codes into the sorted union of their values, in Arrow.
+
+    Raises:
+        DataError: a symbol is missing (null).
+    """
+    strings = []
+    for col, uri in columns:
+        if col.null_count:
+            raise DataError(
+                f"{uri}: column {schema.SYMBOL!r} has {col.null_count} missing value(s). Fix: "
+                f"drop those rows."
+            )
+        strings.append(pc.cast(col, pa.large_string()))
+    union = pc.unique(pa.chunked_array([c for s in strings for c in s.chunks], pa.large_string()))
+    union = union.take(pc.sort_indices(union))
+    codes = [pc.index_in(s, value_set=union).to_numpy().astype(np.int32) for s in strings]
+    return codes, union.to_pylist()
 
 
 # ---------------------------------------------------------------- loading
@@ -128,6 +150,8 @@ def load(
     *,
     full_universe: bool = False,
     log: Callable[[str], None] | None = None,
+    threads: bool = True,
+    bf16: bool = False,
 ) -> Dataset:
     """Load `ml_dataset.pqt` and `prices.pqt` from a directory or URI into Panels.
 
@@ -138,6 +162,9 @@ def load(
         full_universe: also build `full_train`, the full universe's train split (for the
             notebook's liquid-vs-full comparison); its dates end where the liquid val starts.
         log: called with one-line progress messages.
+        threads: let pyarrow decode on several threads (False: this thread only).
+        bf16: store the embeddings as bfloat16 (`Panel.emb_bf16`): half the memory, for
+            `train.precision: bf16`. Rows, dates and every other array are the same.
 
     Raises:
         DataError: a missing file or column, a non-numeric feature, a non-finite value,
@@ -171,11 +198,18 @@ def load(
     _require_numeric(pr_file, pr_uri, [schema.CLOSE, schema.VOLUME])
 
     # Keys of every dataset row: cheap, three columns.
-    keys = ds_file.read(columns=[schema.DATE, schema.SYMBOL, schema.TARGET])
+    keys = ds_file.read(columns=[schema.DATE, schema.SYMBOL, schema.TARGET], use_threads=threads)
     row_days = _to_days(keys.column(schema.DATE), ds_uri, schema.DATE)
-    row_sym_str = keys.column(schema.SYMBOL).to_numpy(zero_copy_only=False).astype(str)
     target = keys.column(schema.TARGET).to_numpy(zero_copy_only=False).astype(np.float64)
+    prices = pr_file.read(
+        columns=[schema.SYMBOL, schema.PRICE_DATE, schema.CLOSE, schema.VOLUME],
+        use_threads=threads,
+    )
+    (row_sym, p_sym), symbols = _symbol_codes(
+        (keys.column(schema.SYMBOL), ds_uri), (prices.column(schema.SYMBOL), pr_uri)
+    )
     del keys
+    n_sym = len(symbols)
     n_rows = len(target)
     if n_rows == 0:
         raise DataError(
@@ -186,13 +220,11 @@ def load(
         i = int(np.argmax(bad))
         raise DataError(
             f"{ds_uri}: column {schema.TARGET!r} has {int(bad.sum())} non-finite value(s), e.g. "
-            f"{_row_desc(row_days, row_sym_str, i)} = {target[i]}. Fix: drop those rows or fill "
-            f"the returns."
+            f"{_row_desc(row_days, symbols, row_sym, i)} = {target[i]}. Fix: drop those rows or "
+            f"fill the returns."
         )
 
-    prices = pr_file.read(columns=[schema.SYMBOL, schema.PRICE_DATE, schema.CLOSE, schema.VOLUME])
     p_days = _to_days(prices.column(schema.PRICE_DATE), pr_uri, schema.PRICE_DATE)
-    p_sym_str = prices.column(schema.SYMBOL).to_numpy(zero_copy_only=False).astype(str)
     close = prices.column(schema.CLOSE).to_numpy(zero_copy_only=False).astype(np.float64)
     volume = prices.column(schema.VOLUME).to_numpy(zero_copy_only=False).astype(np.float64)
     del prices
@@ -202,14 +234,9 @@ def load(
             i = int(np.argmax(bad))
             raise DataError(
                 f"{pr_uri}: column {name!r} has {int(bad.sum())} missing, negative or non-finite "
-                f"value(s), e.g. row {i} (symbol={str(p_sym_str[i])!r}, "
+                f"value(s), e.g. row {i} (symbol={symbols[p_sym[i]]!r}, "
                 f"date={np.datetime64(int(p_days[i]), 'D')}) = {arr[i]}. Fix: clean the prices file."
             )
-
-    codes, symbols = pd.factorize(np.concatenate([row_sym_str, p_sym_str]), sort=True)
-    row_sym = codes[:n_rows].astype(np.int32)
-    p_sym = codes[n_rows:].astype(np.int32)
-    n_sym = len(symbols)
 
     # Duplicate (feature_date, symbol) rows would double-weight a name on a date.
     pair_key = row_days * np.int64(n_sym) + row_sym
@@ -219,7 +246,7 @@ def load(
         i = int(order[dup[0] + 1])
         raise DataError(
             f"{ds_uri}: {len(dup)} duplicate (feature_date, symbol) row(s), e.g. "
-            f"{_row_desc(row_days, row_sym_str, i)}. Fix: keep one row per symbol and date."
+            f"{_row_desc(row_days, symbols, row_sym, i)}. Fix: keep one row per symbol and date."
         )
 
     # Universe.
@@ -265,13 +292,21 @@ def load(
     want_full = full_universe & (row_days < val_start)
     select = liquid | want_full
     feats = _read_features(
-        ds_file, ds_uri, columns, select, split.news_only, row_days, row_sym_str, say
+        ds_file,
+        ds_uri,
+        columns,
+        select,
+        split.news_only,
+        (row_days, symbols, row_sym),
+        say,
+        threads,
+        bf16,
     )
     rows = feats["rows"]
 
     oracle = None
     if storage.is_file(storage.join(source, schema.ORACLE_FILE)):
-        oracle = _read_oracle(source, row_days[rows], row_sym_str[rows])
+        oracle = _read_oracle(source, row_days[rows], row_sym[rows], symbols)
 
     base = {
         "fund": feats["fund"],
@@ -334,99 +369,144 @@ def _read_features(
     columns: FeatureColumns,
     select: np.ndarray,
     news_only: bool,
-    row_days: np.ndarray,
-    row_sym: np.ndarray,
+    where: tuple[np.ndarray, list[str], np.ndarray],
     say: Callable[[str], None],
+    threads: bool,
+    bf16: bool,
 ) -> dict[str, np.ndarray]:
     """Stream the feature columns, keeping the selected (news) rows as row-major float32 blocks.
 
-    The embedding block is built first so rows without news are dropped before the other
-    blocks are built: only what the Panels need is ever materialised.
+    Each batch's columns are copied once into a column-major scratch matrix; the news rows are
+    found there (a row with any non-zero embedding value), and only the selected news rows are
+    then taken, already row-major, into the blocks the Panels use. Values are checked finite on
+    the kept rows only (rows outside the universe may hold anything).
+
+    Args:
+        where: (row days, symbols, row symbol codes), to name a bad row.
+        bf16: keep the embedding block as bfloat16 bits (uint16), converted batch by batch.
     """
     groups = {"emb": list(columns.emb), "fund": list(columns.fund), "price": list(columns.price)}
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in groups}
+    # The blocks are allocated for every selected row and shrunk in place at the end: untouched
+    # pages of a large allocation cost no memory, and no second copy of the kept rows is made.
+    n_max = int(select.sum())
+    out = {g: np.empty((n_max, len(cols)), dtype=np.float32) for g, cols in groups.items()}
+    if bf16:
+        out["emb"] = np.empty((n_max, len(columns.emb)), dtype=np.uint16)
     kept_rows: list[np.ndarray] = []
-    offset = 0
-    for batch in _batches(pf, list(columns.all)):
+    kept = 0
+    batch_rows = max(1024, BATCH_BYTES // (4 * len(columns.all)))
+    scratch: dict[str, np.ndarray] = {}
+    for offset, batch in _batches(pf, list(columns.all), select, batch_rows, threads):
         n = batch.num_rows
         idx = np.flatnonzero(select[offset : offset + n])
+        if isinstance(batch, pa.Table):
+            batch = batch.combine_chunks()
+        arrays = dict(zip(batch.schema.names, batch.columns, strict=True))
         for g, cols in groups.items():
-            if not len(idx):
-                break
-            block = _rows_major([batch.column(c) for c in cols], idx)
-            bad = ~np.isfinite(block)
-            if bad.any():
-                r, c = np.argwhere(bad)[0]
+            if g not in scratch or scratch[g].shape[1] < n:
+                scratch[g] = np.empty((len(cols), max(n, batch_rows)), dtype=np.float32)
+            m = scratch[g][:, :n]  # (columns, rows): each column one contiguous copy
+            for j, c in enumerate(cols):
+                m[j] = _values(arrays[c])
+            if g == "emb" and news_only:
+                idx = idx[np.logical_or.reduce(m, axis=0)[idx]]
+            # Taking rows of a (columns, rows) matrix yields them row-major: .T is contiguous.
+            block = m[:, idx].T
+            if not np.isfinite(block.sum(dtype=np.float64)):  # any NaN or inf in the block
+                r, c = np.argwhere(~np.isfinite(block))[0]
                 i = offset + int(idx[r])
                 raise DataError(
-                    f"{uri}: column {cols[c]!r} has a non-finite value at "
-                    f"{_row_desc(row_days, row_sym, i)}: {block[r, c]}. Fix: fill or drop "
-                    f"non-finite features (z-scores should be finite; use 0 for missing)."
+                    f"{uri}: column {cols[c]!r} has a missing or non-finite value at "
+                    f"{_row_desc(where[0], where[1], where[2], i)}: {block[r, c]}. Fix: fill or "
+                    f"drop non-finite features (z-scores should be finite; use 0 for missing)."
                 )
-            if g == "emb" and news_only:
-                news = np.any(block != 0, axis=1)
-                idx, block = idx[news], block[news]
-            parts[g].append(block)
-        if len(idx):
-            kept_rows.append(idx + offset)
-        offset += n
-    out = {}
-    for g in list(parts):
-        # Concatenate one group at a time and free its blocks at once: the peak stays near one
-        # copy of the kept rows instead of two.
-        p = parts.pop(g)
-        out[g] = np.concatenate(p) if p else np.zeros((0, len(groups[g])), np.float32)
-        del p
+            dest = out[g][kept : kept + len(idx)]
+            dest[...] = to_bf16_bits(block) if dest.dtype == np.uint16 else block
+        kept_rows.append(idx + offset)
+        kept += len(idx)
+        del batch
+    for a in out.values():
+        a.resize((kept, a.shape[1]), refcheck=False)
     out["rows"] = np.concatenate(kept_rows) if kept_rows else np.zeros(0, np.int64)
-    say(f"read {len(out['rows']):,} rows x {len(columns.all)} features from {uri}")
+    say(f"read {kept:,} rows x {len(columns.all)} features from {uri}")
     return out
 
 
-def _batches(pf: pq.ParquetFile, columns: list[str]) -> Any:
-    """Record batches of at most BATCH_ROWS rows, one row group decoded at a time.
+def _values(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A feature column's values as numpy, without a copy when it is float32 without nulls;
+    nulls become NaN (refused later, on the rows that are used)."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if arr.type == pa.float32() and not arr.null_count:
+        return np.frombuffer(arr.buffers()[1], dtype=np.float32, count=len(arr),
+                             offset=arr.offset * 4)  # fmt: skip
+    return arr.to_numpy(zero_copy_only=False)
 
-    `iter_batches` reads ahead across row groups (4.4 GB resident for the 3 GB full-size
-    synthetic file); reading row group by row group keeps one decoded row group in memory and
-    decodes its columns in parallel.
+
+def _batches(
+    pf: pq.ParquetFile, columns: list[str], select: np.ndarray, batch_rows: int, threads: bool
+) -> Any:
+    """(first row, table) of about `batch_rows` rows at a time, on any row-group layout.
+
+    Runs of consecutive small row groups are read in one call (a file written a date at a time
+    has a thousand groups of a few hundred rows: one call each would cost more than the
+    decoding); a group larger than a batch is streamed in batches of `batch_rows`. Groups with
+    no selected row are skipped unread.
     """
-    for i in range(pf.metadata.num_row_groups):
-        table = pf.read_row_group(i, columns=columns, use_threads=True)
-        for start in range(0, table.num_rows, BATCH_ROWS):
-            yield table.slice(start, BATCH_ROWS).combine_chunks().to_batches()[0]
-        del table
+    md = pf.metadata
+    sizes = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    run: list[int] = []
+
+    def flush() -> Any:
+        if run:
+            table = pf.read_row_groups(run, columns=columns, use_threads=threads)
+            yield int(starts[run[0]]), table
+            run.clear()
+
+    for i, size in enumerate(sizes):
+        a, b = starts[i], starts[i + 1]
+        if not select[a:b].any():
+            yield from flush()
+            continue
+        if size > batch_rows:
+            yield from flush()
+            at = int(a)
+            for rb in pf.iter_batches(batch_size=batch_rows, row_groups=[i], columns=columns,
+                                      use_threads=threads):  # fmt: skip
+                yield at, rb
+                at += rb.num_rows
+            continue
+        if run and starts[i + 1] - starts[run[0]] > batch_rows:
+            yield from flush()
+        run.append(i)
+    yield from flush()
 
 
-def _rows_major(arrays: list[pa.Array], idx: np.ndarray) -> np.ndarray:
-    """Columns -> a (len(idx), n_cols) row-major float32 block of the rows `idx`."""
-    cols = [np.asarray(a.to_numpy(zero_copy_only=False), dtype=np.float32) for a in arrays]
-    out = np.empty((len(idx), len(cols)), dtype=np.float32)
-    full = len(idx) == len(cols[0]) if cols else True
-    for r in range(0, len(idx), _FILL_ROWS):
-        if full:
-            out[r : r + _FILL_ROWS] = np.stack([c[r : r + _FILL_ROWS] for c in cols], axis=1)
-        else:
-            sl = idx[r : r + _FILL_ROWS]
-            out[r : r + _FILL_ROWS] = np.stack([c[sl] for c in cols], axis=1)
-    return out
-
-
-def _read_oracle(source: str, days: np.ndarray, symbols: np.ndarray) -> np.ndarray | None:
+def _read_oracle(
+    source: str, days: np.ndarray, codes: np.ndarray, symbols: list[str]
+) -> np.ndarray | None:
+    """The planted expected return of each kept row (synthetic markets), or None if any row
+    has none."""
     pf, uri = _open(source, schema.ORACLE_FILE)
-    names = set(pf.schema_arrow.names)
-    if not {schema.DATE, schema.SYMBOL, schema.ORACLE} <= names:
+    if not {schema.DATE, schema.SYMBOL, schema.ORACLE} <= set(pf.schema_arrow.names):
         return None
     t = pf.read(columns=[schema.DATE, schema.SYMBOL, schema.ORACLE])
-    o = pd.DataFrame(
-        {
-            "d": _to_days(t.column(schema.DATE), uri, schema.DATE),
-            "s": t.column(schema.SYMBOL).to_numpy(zero_copy_only=False).astype(str),
-            "v": t.column(schema.ORACLE).to_numpy(zero_copy_only=False).astype(np.float64),
-        }
-    )
-    want = pd.DataFrame({"d": days, "s": symbols})
-    merged = want.merge(o, on=["d", "s"], how="left", validate="many_to_one")
-    values = merged["v"].to_numpy()
-    return None if np.isnan(values).any() else values
+    o_days = _to_days(t.column(schema.DATE), uri, schema.DATE)
+    o_codes = pc.index_in(
+        pc.cast(t.column(schema.SYMBOL), pa.large_string()), value_set=pa.array(symbols)
+    ).to_numpy(zero_copy_only=False)
+    known = ~np.isnan(o_codes.astype(np.float64))
+    n = np.int64(len(symbols))
+    o_key = o_days[known] * n + o_codes[known].astype(np.int64)
+    values = t.column(schema.ORACLE).to_numpy(zero_copy_only=False).astype(np.float64)[known]
+    order = np.argsort(o_key, kind="stable")
+    o_key, values = o_key[order], values[order]
+    want = days.astype(np.int64) * n + codes.astype(np.int64)
+    pos = np.minimum(np.searchsorted(o_key, want), max(len(o_key) - 1, 0))
+    if not len(o_key) or not np.array_equal(o_key[pos], want):
+        return None
+    return values[pos]
 
 
 def _panel(base: dict[str, Any], mask: np.ndarray, symbols: tuple[str, ...]) -> Panel:

@@ -195,7 +195,9 @@ class MultiBranchRanker(nn.Module):
 
         Training on the CPU (with news_alpha > 0, which it folds into a matmul), forward and
         backward run in `_fused_loss_and_grads` instead: the same arithmetic, hand-written,
-        without autograd. The returned loss carries no graph.
+        without autograd. The returned loss carries no graph. A bfloat16 `emb` makes the news
+        encoder's first matmul (and its weight gradient) a bf16 matmul with fp32 accumulation;
+        the weights, gradients and the rest stay fp32 (on a GPU: autocast).
         """
         if self.training and emb.device.type == "cpu" and self.config.news_alpha > 0:
             params = _fused_params(self)
@@ -206,7 +208,11 @@ class MultiBranchRanker(nn.Module):
                 else:
                     p.grad += g
             return loss
-        loss = self.pair_loss(price, fund, emb, target)
+        if emb.dtype == torch.bfloat16:
+            with torch.autocast(device_type=emb.device.type, dtype=torch.bfloat16):
+                loss = self.pair_loss(price, fund, emb, target)
+        else:
+            loss = self.pair_loss(price, fund, emb, target)
         loss.backward()
         return loss.detach()
 
@@ -250,7 +256,10 @@ def _fused_loss_and_grads(
     hidden, start = [], 0
     for k, (x, p, alpha, width) in zip((0, 4, 8), branches, strict=True):
         w1, b1, w2, b2 = params[k : k + 4]
-        h = torch.addmm(b1, x, w1.t())  # (2B, in) -> (2B, hidden)
+        if x.dtype == torch.bfloat16:  # bf16 matmul (fp32 accumulation), the rest in fp32
+            h = torch.mm(x, w1.t().to(torch.bfloat16)).float().add_(b1)
+        else:
+            h = torch.addmm(b1, x, w1.t())  # (2B, in) -> (2B, hidden)
         if p > 0:
             h.mul_(torch.from_numpy(keep_mask(rng, h.numel(), p)).view(h.shape))
         h.relu_()  # relu(a) * mask == relu(a * mask): the mask is >= 0
@@ -291,8 +300,11 @@ def _fused_loss_and_grads(
 
 
 def _weight_grad(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """(B, out), (B, in) -> (out, in): g^T x. With fewer inputs than outputs (the 19 and 9
-    features) MKL is ~2-4x faster at (x^T g)^T, even with the copy of the small transpose."""
+    """(B, out), (B, in) -> (out, in): g^T x, in fp32. With fewer inputs than outputs (the 19
+    and 9 features) MKL is ~2-4x faster at (x^T g)^T, even with the copy of the small transpose.
+    A bf16 input makes it a bf16 matmul (fp32 accumulation) into an fp32 gradient."""
+    if x.dtype == torch.bfloat16:
+        return g.to(torch.bfloat16).t().mm(x).float()
     if x.shape[1] < g.shape[1]:
         return x.t().mm(g).t().contiguous()
     return g.t().mm(x)

@@ -27,8 +27,9 @@ def sample_pairs(
     n = int(bounds[-1])
     sizes = np.diff(bounds)
     date_of_row = np.repeat(np.arange(len(sizes)), sizes)
-    # Shuffle within dates: sort rows by (date, random key).
-    order = np.lexsort((rng.random(n), date_of_row))
+    # Shuffle within dates: sort rows by date + a uniform in [0, 1), one float key (~10x faster
+    # than a lexsort on two keys).
+    order = np.argsort(date_of_row + rng.random(n))
     pos = np.arange(n) - np.repeat(bounds[:-1], sizes)  # position of each slot within its date
     size_of_slot = np.repeat(sizes, sizes)
     first = (pos % 2 == 0) & (pos + 1 < size_of_slot)

@@ -19,7 +19,8 @@ class Panel:
     Attributes:
         fund: (N, F) float32 fundamental features.
         price: (N, P) float32 price features.
-        emb: (N, D) float32 news embeddings.
+        emb: (N, D) news embeddings: float32, or bfloat16 held as uint16 bits (numpy has no
+            bfloat16; `ranker.train.as_tensor` views them as torch.bfloat16). See `emb_bf16`.
         returns: (N,) float64 simple return `exp(target_return) - 1` (not clipped).
         symbol_ids: (N,) int32 index into `symbols`.
         dates: (n_dates,) datetime64[D] unique dates, ascending.
@@ -45,7 +46,8 @@ class Panel:
             assert arr.ndim == 2 and arr.shape[0] == n, (
                 f"{name}: shape {arr.shape}, expected ({n}, k)"
             )
-            assert arr.dtype == np.float32, f"{name}: dtype {arr.dtype}, expected float32"
+            want = (np.float32, np.uint16) if name == "emb" else (np.float32,)
+            assert arr.dtype in want, f"{name}: dtype {arr.dtype}, expected one of {want}"
         assert self.symbol_ids.shape == (n,), (
             f"symbol_ids: shape {self.symbol_ids.shape}, expected ({n},)"
         )
@@ -62,6 +64,11 @@ class Panel:
         return len(self.returns)
 
     @property
+    def emb_bf16(self) -> bool:
+        """The embeddings are stored as bfloat16 (half the memory of float32)."""
+        return self.emb.dtype == np.uint16
+
+    @property
     def n_dates(self) -> int:
         return len(self.dates)
 
@@ -71,3 +78,14 @@ class Panel:
         if self.oracle is not None:
             arrays.append(self.oracle)
         return int(sum(a.nbytes for a in arrays))
+
+
+def to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16, as uint16 bits, rounded to nearest even (as torch's conversion)."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    return ((u + (np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1)))) >> 16).astype(np.uint16)
+
+
+def from_bf16_bits(b: np.ndarray) -> np.ndarray:
+    """bfloat16 held as uint16 bits -> float32 (exact)."""
+    return (b.astype(np.uint32) << 16).view(np.float32)

@@ -33,6 +33,9 @@ METRICS = (
 )  # fmt: skip
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     batch_size: int = 512
@@ -44,6 +47,7 @@ class TrainConfig:
     metric: str = "ic_sharpe"
     k: int = 5
     seed: int = 0
+    precision: str = "fp32"  # fp32 | bf16: embeddings stored and multiplied in bfloat16
 
     def __post_init__(self) -> None:
         errors = []
@@ -57,6 +61,8 @@ class TrainConfig:
             errors.append(f"train.weight_decay={self.weight_decay!r}: must be >= 0")
         if not (isinstance(self.label_smoothing, int | float) and 0 <= self.label_smoothing < 1):
             errors.append(f"train.label_smoothing={self.label_smoothing!r}: must be in [0, 1)")
+        if self.precision not in PRECISIONS:
+            errors.append(f"train.precision={self.precision!r}: must be one of {list(PRECISIONS)}")
         if self.metric not in METRICS:
             errors.append(f"train.metric={self.metric!r}: must be one of {list(METRICS)}")
         if errors:
@@ -106,9 +112,13 @@ def with_input_sizes(cfg: ModelConfig, panel: Panel) -> ModelConfig:
 
 
 def as_tensor(arr: np.ndarray) -> torch.Tensor:
-    """A zero-copy tensor over a (possibly read-only) array. Nothing here ever writes into it."""
+    """A zero-copy tensor over a (possibly read-only) array; bfloat16 bits (uint16, see
+    `Panel.emb`) come out as torch.bfloat16. Nothing here ever writes into it."""
     with warnings.catch_warnings():
+        # The object store's arrays are read-only, which torch warns about; nothing writes.
         warnings.filterwarnings("ignore", message=".*not writable.*")
+        if arr.dtype == np.uint16:
+            return torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
         return torch.from_numpy(arr)
 
 
@@ -120,7 +130,7 @@ def score(model: MultiBranchRanker, panel: Panel, batch: int = 8192) -> np.ndarr
     fund, price, emb = as_tensor(panel.fund), as_tensor(panel.price), as_tensor(panel.emb)
     out = np.empty(len(panel), dtype=np.float64)
     for s in range(0, len(panel), batch):
-        part = [t[s : s + batch].to(dev) for t in (price, fund, emb)]
+        part = [t[s : s + batch].to(dev).float() for t in (price, fund, emb)]
         out[s : s + batch] = model(*part).cpu().numpy()
     return out
 
@@ -190,8 +200,12 @@ def fit(
         elapsed = float(resume["seconds"])
 
     fund, price, emb = (as_tensor(a).to(device) for a in (train.fund, train.price, train.emb))
+    # The news inputs of a step in the precision the config asks for, whatever the Panel holds.
+    x_dtype = torch.bfloat16 if tc.precision == "bf16" else torch.float32
     # Each step gathers its rows into the same buffers: faster than a fresh 3 MB a step.
-    bufs = [torch.empty(2 * tc.batch_size, t.shape[1], device=device) for t in (price, fund, emb)]
+    bufs = [torch.empty(2 * tc.batch_size, t.shape[1], dtype=t.dtype, device=device)
+            for t in (price, fund, emb)]  # fmt: skip
+    cast = torch.empty(2 * tc.batch_size, emb.shape[1], dtype=x_dtype, device=device)
     smooth = tc.label_smoothing
     t0 = time.perf_counter() - elapsed
     for epoch in range(start_epoch, tc.epochs):
@@ -208,6 +222,8 @@ def fit(
             # index_select is a plain row gather, ~5x faster than advanced indexing here.
             x = [torch.index_select(t, 0, rows, out=b[: len(rows)])
                  for t, b in zip((price, fund, emb), bufs, strict=True)]  # fmt: skip
+            if x[2].dtype != x_dtype:
+                x[2] = cast[: len(rows)].copy_(x[2])
             y = target[s : s + tc.batch_size]
             opt.zero_grad(set_to_none=True)
             loss = model.pair_loss_backward(*x, y)  # on the CPU: fused, without autograd

@@ -46,4 +46,5 @@ def load_data(spec: SearchSpec, source: str, *, baseline: bool | None = None) ->
         DataError: the data is missing or bad (the message names the file, column and fix).
     """
     full = spec.final.baseline if baseline is None else baseline
-    return load(source, spec.universe, spec.split, full_universe=full, log=log.info)
+    return load(source, spec.universe, spec.split, full_universe=full, log=log.info,
+                bf16=spec.train.precision == "bf16")  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from pathlib import Path
 
@@ -161,7 +162,7 @@ def test_non_finite_feature_names_the_row(tiny_dataset, tiny_market, tmp_path):
     src = _copy_with(tiny_market, tmp_path / "m", edit)
     with pytest.raises(
         DataError,
-        match=rf"column 'emb_7' has a non-finite value at row \d+ \(feature_date={day}, symbol='{sym}'\)",
+        match=rf"column 'emb_7' has a missing or non-finite value at row \d+ \(feature_date={day}, symbol='{sym}'\)",
     ):
         load(src)
 
@@ -216,3 +217,86 @@ def test_bad_prices(tiny_market, tmp_path):
     pq.write_table(_set(t, "volume", pa.array(v)), dst / schema.PRICES_FILE)
     with pytest.raises(DataError, match=r"prices.pqt: column 'volume' has 1 missing, negative"):
         load(dst)
+
+
+def _write_layout(src: Path, dst: Path, layout: str) -> Path:
+    """The market with its dataset rewritten in a row-group layout real pipelines produce."""
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.name != schema.DATASET_FILE:
+            shutil.copy(f, dst / f.name)
+    table = pq.read_table(src / schema.DATASET_FILE)
+    path = dst / schema.DATASET_FILE
+    if layout == "per_date":  # one row group per date, as a daily pipeline appends them
+        days = table.column(schema.DATE).to_numpy()
+        cuts = [0, *(np.flatnonzero(days[1:] != days[:-1]) + 1), len(days)]
+        with pq.ParquetWriter(path, table.schema) as w:
+            for a, b in itertools.pairwise(cuts):
+                w.write_table(table.slice(a, b - a))
+    elif layout == "pandas":  # DataFrame.to_parquet's default
+        table.to_pandas().to_parquet(path, index=False)
+    elif layout == "single":
+        pq.write_table(table, path, row_group_size=table.num_rows)
+    else:  # rows in another order, in odd-sized groups
+        perm = np.random.default_rng(0).permutation(table.num_rows)
+        pq.write_table(table.take(perm), path, row_group_size=777)
+    return dst
+
+
+def _assert_same_panels(a, b) -> None:
+    for name in ("train", "val", "test", "full_train"):
+        pa_, pb = getattr(a, name), getattr(b, name)
+        for f in ("fund", "price", "emb", "returns", "symbol_ids", "dates", "bounds", "oracle"):
+            assert np.array_equal(getattr(pa_, f), getattr(pb, f)), (name, f)
+        assert pa_.symbols == pb.symbols
+
+
+@pytest.mark.parametrize("layout", ["per_date", "pandas", "single", "shuffled"])
+def test_every_layout_loads_to_identical_panels(tiny_market, tiny_dataset, tmp_path, layout):
+    ds = load(_write_layout(tiny_market, tmp_path / layout, layout), full_universe=True)
+    _assert_same_panels(ds, tiny_dataset)
+
+
+def test_small_batches_give_identical_panels(tiny_market, tiny_dataset, monkeypatch):
+    """Batches of a few hundred rows (runs of row groups, groups split in batches) change
+    nothing."""
+    import ranker.data as data
+
+    monkeypatch.setattr(data, "BATCH_BYTES", 400 * 796 * 4)
+    _assert_same_panels(load(tiny_market, full_universe=True, threads=False), tiny_dataset)
+
+
+def test_bf16_panels_hold_the_same_rows(tiny_market, tiny_dataset):
+    from ranker.panel import from_bf16_bits
+
+    ds = load(tiny_market, full_universe=True, bf16=True)
+    for name in ("train", "val", "test", "full_train"):
+        p16, p32 = getattr(ds, name), getattr(tiny_dataset, name)
+        assert p16.emb_bf16 and not p32.emb_bf16
+        assert p16.emb.nbytes * 2 == p32.emb.nbytes
+        for f in ("fund", "price", "returns", "symbol_ids", "dates", "bounds"):
+            assert np.array_equal(getattr(p16, f), getattr(p32, f)), (name, f)
+        # bf16 keeps 8 bits of mantissa: within 2^-8 relative of the float32 value.
+        back = from_bf16_bits(p16.emb)
+        assert np.all(np.abs(back - p32.emb) <= np.abs(p32.emb) * 2.0**-8)
+
+
+def test_null_feature_is_refused_by_row(tiny_market, tiny_dataset, tmp_path):
+    """A null in a used row is refused with its row; one in a row outside the universe is not
+    read at all (as a NaN there)."""
+    t = pq.read_table(tiny_market / schema.DATASET_FILE)
+    used = int(tiny_dataset.train.symbol_ids[0])  # a liquid symbol: its news rows are used
+    sym = t.column(schema.SYMBOL).to_numpy(zero_copy_only=False).astype(str)
+    emb = t.column("emb_3").to_numpy()
+    row = int(np.flatnonzero((sym == tiny_dataset.train.symbols[used]) & (emb != 0))[0])
+
+    def edit(table):
+        mask = np.zeros(table.num_rows, dtype=bool)
+        mask[row] = True
+        return _set(table, "emb_3", pa.array(emb, mask=mask))
+
+    src = _copy_with(tiny_market, tmp_path / "nulls", edit)
+    with pytest.raises(
+        DataError, match=rf"column 'emb_3' has a missing or non-finite value at row {row} "
+    ):
+        load(src)
