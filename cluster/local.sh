@@ -165,9 +165,11 @@ cmd_start() {
     local i
     for ((i = 1; i <= n_workers; i++)); do
         echo "Starting worker $i ($cpus CPUs, $GPUS_PER_WORKER GPUs, ${OBJECT_STORE_GB} GB object store)"
-        # Nodes on one machine share the temp dir (Ray suffixes their sockets and logs) but each
-        # needs its own dashboard-agent HTTP port; the other ports are picked free at random.
-        ray start --address="$GCS_ADDRESS" --temp-dir="$RAY_TEMP_DIR" \
+        # Each worker node gets a temp dir of its own under the head's: nodes sharing one would
+        # share its runtime_resources/, and a worker node's runtime-env agent would delete a job's
+        # working-dir package (the job driver's cwd on the head) once its own trials are done with
+        # it. Each also needs its own dashboard-agent HTTP port; the other ports are picked free.
+        ray start --address="$GCS_ADDRESS" --temp-dir="$RAY_TEMP_DIR/worker-$i" \
             --num-cpus="$cpus" --num-gpus="$GPUS_PER_WORKER" \
             --object-store-memory="$store_bytes" \
             --dashboard-agent-listen-port="$((AGENT_PORT_BASE + i))" \

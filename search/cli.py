@@ -20,7 +20,7 @@ from typing import Any
 from ranker.config import ConfigError
 from ranker.data import DataError
 from search import spec as specmod
-from search.errors import RunDirError, SearchError
+from search.errors import Interrupted, RunDirError, SearchError
 
 log = logging.getLogger("liquid_search")
 
@@ -106,7 +106,21 @@ def _start(
         logging.getLogger("ray.tune.execution.tune_controller").addFilter(OneLineErrors())
     connect.check_storage(run.path)
     log.info(f"run directory: {run.path}")
-    driver.run(sp, run, ds, source, **kw)
+    outcome = "failed"
+    try:
+        summary = driver.run(sp, run, ds, source, **kw)
+        outcome = "complete" if summary is not None else f"stopped after {kw.get('stop_after')}"
+    except Interrupted:
+        outcome = "interrupted"
+        raise
+    except KeyboardInterrupt:
+        outcome = "interrupted"
+        raise
+    except SearchError as e:
+        outcome = f"failed: {e}"
+        raise
+    finally:
+        run.mark_ended(outcome)
     print(run.path)
     return 0
 
@@ -176,9 +190,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from search.rundir import RunDir
-    from search.status import render
+    from search.status import render, watch
 
-    print(render(RunDir(args.run_dir).load()))
+    run = RunDir(args.run_dir)
+    if args.watch:
+        return watch(run, args.interval)
+    print(render(run.load()))
     return 0
 
 
@@ -268,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="print a run's stages and trials as a table")
     st.add_argument("run_dir")
+    st.add_argument("--watch", action="store_true",
+                    help="refresh until the run ends (complete, failed or interrupted)")  # fmt: skip
+    st.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes")
     st.set_defaults(fn=cmd_status)
 
     rp = sub.add_parser(

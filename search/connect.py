@@ -49,8 +49,8 @@ def init(address: str | None, *, verbose: bool = False) -> Any:
 
     Args:
         address: None, "auto", "ray://host:10001" or "host:port".
-        verbose: keep Ray's and Tune's own INFO lines (start-up, per-stage bookkeeping);
-            otherwise only their warnings and errors are shown.
+        verbose: keep Ray's and Tune's own INFO lines (start-up, per-stage bookkeeping) and
+            echo what trials and tasks print; otherwise only Ray's warnings and errors show.
 
     Raises:
         ClusterError: the cluster refused the connection or could not be reached.
@@ -61,7 +61,10 @@ def init(address: str | None, *, verbose: bool = False) -> Any:
         where = "the cluster of this Ray job"
     else:
         where = "a local Ray on this machine"
-    kwargs: dict[str, Any] = {}
+    # Trials and tasks write to their own logs (each trial's start and end lines among them:
+    # the dashboard's Actors and Jobs pages show them); echoed here they would interleave,
+    # late, with the one line per trial this process prints. --verbose echoes them.
+    kwargs: dict[str, Any] = {"log_to_driver": verbose}
     if address and address.startswith("ray://"):
         # Through Ray Client, Tune runs each stage in an actor on the cluster: give it the old
         # (silent at verbose=0) output engine that this process uses, or it prints its own

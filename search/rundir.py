@@ -27,7 +27,7 @@ import io
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -100,6 +100,10 @@ class RunInfo:
     data: dict[str, Any]
     columns: dict[str, list[str]]
     started: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
+    # Set when the driver stops: "complete", "stopped after <stage>", "interrupted" or
+    # "failed: <the error>". None while it runs, or if it was killed without a chance to say.
+    ended: str | None = None
+    outcome: str | None = None
 
 
 @dataclass(frozen=True)
@@ -438,6 +442,13 @@ class RunDir:
 
     def write_info(self, info: RunInfo) -> None:
         storage.write_text(self.file(RUN_FILE), dumps(asdict(info)))
+
+    def mark_ended(self, outcome: str) -> None:
+        """Record in run.json that the driver stopped, and how (nothing when there is none)."""
+        info = self.read_info()
+        if info is not None:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            self.write_info(replace(info, ended=stamp, outcome=outcome))
 
     def read_info(self) -> RunInfo | None:
         path = self.file(RUN_FILE)

@@ -12,6 +12,7 @@ trial raises StageFailed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -31,6 +32,7 @@ from search.connect import is_client
 from search.errors import Interrupted, StageFailed
 from search.rundir import ERROR, FINISHED, Best, RunDir, TrialRow
 from search.spec import REPLICATE, REPLICATE_SEED_STRIDE, SearchSpec, StageSpec, resolve_point
+from search.telemetry import StageMetrics
 from search.trainable import CONFIG_ERROR, run_trial
 
 log = logging.getLogger("liquid_search")
@@ -59,10 +61,26 @@ class Progress(tune.Callback):
     `relay`, a `ray.util.queue.Queue` the driver drains.
     """
 
-    def __init__(self, stage: StageSpec, metric: str, relay: Any = None) -> None:
-        self.stage, self.metric, self.relay = stage, metric, relay
+    def __init__(self, stage: StageSpec, metric: str, run_name: str, relay: Any = None) -> None:
+        self.stage, self.metric, self.run_name, self.relay = stage, metric, run_name, relay
         self.total = len(stage.points) * stage.seeds
         self.done = 0
+        self._metrics: StageMetrics | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_metrics": None}  # metric handles are per process
+
+    @property
+    def metrics(self) -> StageMetrics:
+        if self._metrics is None:
+            self._metrics = StageMetrics(self.run_name, self.stage.name)
+        return self._metrics
+
+    def setup(self, **info: Any) -> None:
+        self.metrics.set_running(True)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.metrics.set_running(False)
 
     def get_state(self) -> dict[str, Any]:
         return {"done": self.done}
@@ -81,8 +99,10 @@ class Progress(tune.Callback):
         r = trial.last_result or {}
         head = f"[{self.stage.name} {self.done:3d}/{self.total}] {point_text(self.stage, trial.config)}"
         if CONFIG_ERROR in r:
+            self.metrics.failed()
             self._say(f"{head} | FAILED: {r[CONFIG_ERROR]}")
             return
+        self.metrics.finished()
         nan = math.nan
         self._say(
             f"{head} | val {self.metric} {r.get('best_' + self.metric, nan):6.2f} "
@@ -94,6 +114,7 @@ class Progress(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.done += 1
+        self.metrics.failed()
         self._say(
             f"[{self.stage.name} {self.done:3d}/{self.total}] "
             f"{point_text(self.stage, trial.config)} | FAILED after {trial.num_failures} "
@@ -152,10 +173,14 @@ def run_stage(
         StageFailed: no trial of the stage finished an evaluation.
     """
     exp_dir = run.stage_path(stage.name)
+    run_name = os.path.basename(run.path.rstrip("/"))
     job = {
         "spec": spec,
         "base_model": base_model.to_dict(),
         "base_train": base_train.to_dict(),
+        "run_name": run_name,
+        "stage": stage.name,
+        "point_text": functools.partial(point_text, stage),
         "fault": fault if fault and fault.get("stage", stage.name) == stage.name else None,
     }
     trainable = tune.with_resources(
@@ -194,7 +219,7 @@ def run_stage(
                 name=run.stage_dir(stage.name),
                 storage_path=run.path,
                 verbose=0,
-                callbacks=[Progress(stage, spec.train.metric, relay)],
+                callbacks=[Progress(stage, spec.train.metric, run_name, relay)],
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 # Every checkpoint is kept (a trial writes epochs / eval_every of them, a few MB
                 # each): with a limit, Tune deletes old ones and must snapshot the experiment
@@ -356,11 +381,14 @@ def live_trials(run: RunDir, stage: StageSpec) -> list[LiveTrial] | None:
     out = []
     for t in ea.trials:
         last: dict[str, Any] = dict(t.last_result or {})
+        status = t.status
         df = frames.get(t.trial_id)
         if df is not None and len(df) and "epoch" in df:
             fresh = df.iloc[-1].to_dict()  # result.json can be newer than the snapshot
             if int(fresh.get("epoch", 0)) >= int(last.get("epoch", 0)):
                 last = fresh
+            if status == "PENDING":  # the snapshot predates its first report
+                status = "RUNNING"
         cfg = t.config or {}
         error = str(last.get(CONFIG_ERROR, "")) or (
             _error_line(t.get_error() or "") if t.status == "ERROR" else ""
@@ -370,7 +398,7 @@ def live_trials(run: RunDir, stage: StageSpec) -> list[LiveTrial] | None:
                 trial_id=t.trial_id,
                 point={k: float(cfg[k]) for k in stage.grid if k in cfg},
                 replicate=int(cfg.get(REPLICATE, 0)),
-                status="ERROR" if error else t.status,
+                status="ERROR" if error else status,
                 epoch=int(last.get("epoch", 0) or 0),
                 best_epoch=int(last.get("best_epoch", 0) or 0),
                 metrics={k: float(last.get(f"best_{k}", math.nan)) for k in METRICS},

@@ -7,11 +7,14 @@ works on a run under s3:// or gs:// as well as on a local one.
 
 from __future__ import annotations
 
-from typing import Any
+import math
+import sys
+import time
+from typing import Any, TextIO
 
 from search.analysis import point_table
 from search.report.document import fmt
-from search.rundir import ERROR, Run, StageRecord
+from search.rundir import ERROR, Run, RunDir, StageRecord
 from search.spec import REPLICATE
 from search.stages import LiveTrial, live_trials
 
@@ -96,6 +99,12 @@ def _stage_lines(run: Run, st: StageRecord, overfit: dict[str, str]) -> list[str
             return [f"\n[{st.name}] not started ({total} trials)"]
         else:
             rows, state = live, "in flight or interrupted (`liquid-search resume` continues it)"
+            scored = [r for r in live if math.isfinite(r.metrics.get(metric, math.nan))]
+            if scored:
+                b = max(scored, key=lambda r: r.metrics[metric])
+                where = " ".join(f"{k}={_key(v)}" for k, v in b.point.items())
+                state += (f"; best so far {metric} {b.metrics[metric]:.3f} at {where} "
+                          f"(epoch {b.best_epoch})")  # fmt: skip
         statuses = [r.status for r in rows]
     lines = [f"\n[{st.name}] {_counts(statuses, total)}; {state}"]
     body = []
@@ -126,6 +135,10 @@ def _stage_lines(run: Run, st: StageRecord, overfit: dict[str, str]) -> list[str
 def render(run: Run) -> str:
     """The status of a loaded run as text."""
     out = [f"run {run.path}"]
+    if run.info is not None:
+        state = run.info.outcome or ("complete" if run.summary is not None else "running")
+        out[0] += f" (started {run.info.started}; {state}"
+        out[0] += f", ended {run.info.ended})" if run.info.ended else ")"
     overfit = _overfitting(run)
     for st in run.stages:
         out += _stage_lines(run, st, overfit)
@@ -150,3 +163,34 @@ def render(run: Run) -> str:
         out.append("        " + overfit["final"])
     out.append(f"checkpoint {s['checkpoint']}")
     return "\n".join(out)
+
+
+def watch(run_dir: RunDir, interval: float = 5.0, out: TextIO = sys.stdout) -> int:
+    """Print the status every `interval` seconds until the run ends; 0 once it is complete.
+
+    A terminal gets the frame redrawn in place; a pipe or file gets one frame after another.
+    The run has ended when summary.json exists or the driver recorded how it stopped (failed,
+    interrupted, stopped after a stage); a driver killed without a word leaves the watch
+    running, so each frame says when the run directory last changed.
+
+    Raises:
+        RunDirError: not a run directory.
+    """
+    tty = out.isatty()
+    while True:
+        run = run_dir.load()
+        frame = render(run)
+        stamp = time.strftime("%H:%M:%S")
+        if tty:
+            out.write("\x1b[2J\x1b[H")  # clear the screen, cursor home
+        else:
+            out.write(f"==== {stamp} ====\n")
+        out.write(frame + f"\n(refreshed {stamp}; every {interval:g} s; Ctrl-C stops watching)\n")
+        out.flush()
+        ended = run.summary is not None or (run.info is not None and run.info.ended is not None)
+        if ended:
+            outcome = "complete" if run.summary is not None else run.info.outcome  # type: ignore[union-attr]
+            out.write(f"the run has ended: {outcome}\n")
+            out.flush()
+            return 0 if run.summary is not None else 1
+        time.sleep(interval)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 from typing import Any
@@ -32,6 +33,7 @@ from ranker.train import Evaluation, TrainConfig, fit
 from search.errors import SearchError
 from search.rundir import Series, TrialCheckpoint, read_series, read_state
 from search.spec import SearchSpec, trial_configs
+from search.telemetry import TrialMetrics
 
 CONFIG_ERROR = "config_error"  # the key of the one result a trial that cannot run reports
 
@@ -85,7 +87,8 @@ def run_trial(config: dict[str, Any], data: dict[str, Any], job: dict[str, Any])
     Args:
         config: the trial's grid point (and replicate index).
         data: object refs of the `train` and `val` Panels.
-        job: the resolved spec, the stage's base configs, and an optional fault.
+        job: the resolved spec, the stage's base configs, the run's name, the stage's name,
+            `point_text` (config -> "key=value ..."), and an optional fault.
     """
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # no line per checkpoint
     spec: SearchSpec = job["spec"]
@@ -102,6 +105,9 @@ def run_trial(config: dict[str, Any], data: dict[str, Any], job: dict[str, Any])
         torch.cuda.set_per_process_memory_fraction(spec.resources.gpu)
 
     train, val = ray.get([data["train"], data["val"]])  # zero-copy, read-only views
+    trial_id = tune.get_context().get_trial_id()
+    where = f"[liquid-search] {job['stage']} trial {trial_id} ({job['point_text'](config)})"
+    telemetry = TrialMetrics(job["run_name"], job["stage"], trial_id, job["point_text"](config))
 
     resume = None
     best_series: Series | None = None
@@ -113,6 +119,10 @@ def run_trial(config: dict[str, Any], data: dict[str, Any], job: dict[str, Any])
     restored = 0 if resume is None else int(resume.get("restored", 0)) + 1
     node_id = ray.get_runtime_context().get_node_id()
     fault = job.get("fault")
+    # One line as the trial starts and one as it ends, in this actor's log: with reused actors
+    # one actor runs many trials, and its log (dashboard, Actors page) says which.
+    _say(f"{where} started on {device}, node {node_id[:8]}, pid {os.getpid()}"
+         + (f", resumed after epoch {resume['epoch']}" if resume else ""))  # fmt: skip
 
     def on_eval(ev: Evaluation) -> None:
         nonlocal best_series
@@ -132,6 +142,7 @@ def run_trial(config: dict[str, Any], data: dict[str, Any], job: dict[str, Any])
             "data_zero_copy": not (train.emb.flags.writeable or val.emb.flags.writeable),
             **memory_mb(),
         }
+        telemetry.report(metrics)
         with tempfile.TemporaryDirectory() as d:
             state = ev.state()
             state["restored"] = restored
@@ -145,7 +156,17 @@ def run_trial(config: dict[str, Any], data: dict[str, Any], job: dict[str, Any])
                 f"injected fault at epoch {ev.epoch} of trial {config} ({fault['mode']})"
             )
 
-    fit(mc, tc, train, val, on_eval=on_eval, resume=resume, device=device)
+    try:
+        result = fit(mc, tc, train, val, on_eval=on_eval, resume=resume, device=device)
+    except BaseException as e:
+        _say(f"{where} ended with {type(e).__name__}: {e}")
+        raise
+    _say(f"{where} ended: best {tc.metric} {result.metrics[tc.metric]:.3f} at epoch "
+         f"{result.best_epoch}, {result.seconds:.1f} s of training")  # fmt: skip
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _fault_hits(fault: dict[str, Any], config: dict[str, Any], epoch: int, resumed: bool) -> bool:

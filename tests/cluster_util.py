@@ -57,6 +57,8 @@ class LocalCluster:
         object_store_mb: object store of every node.
         dashboard: start the dashboard (and with it the Jobs REST API) on a free port.
         client: start the Ray Client server on the head, on a free port (`client_address`).
+        metrics: give every node a metrics export port (`info["metrics_ports"]`) and report
+            metrics every second.
         system_config: RayConfig overrides for the whole cluster.
     """
 
@@ -68,6 +70,7 @@ class LocalCluster:
         object_store_mb: int = 250,
         dashboard: bool = False,
         client: bool = False,
+        metrics: bool = False,
         system_config: dict[str, Any] | None = None,
     ) -> None:
         self.spec = {
@@ -76,6 +79,7 @@ class LocalCluster:
             "object_store_mb": object_store_mb,
             "dashboard": dashboard,
             "client": client,
+            "metrics": metrics,
             "system_config": system_config or {},
         }
         self.dir: Path | None = None
@@ -140,6 +144,9 @@ class LocalCluster:
         spec["agent_port"] = free_port()
         if spec["client"]:
             spec["client_port"] = free_port()
+        if spec["metrics"]:
+            spec["metrics_ports"] = [free_port() for _ in range(1 + len(spec["worker_cpus"]))]
+            spec["system_config"] = {"metrics_report_interval_ms": 1000, **spec["system_config"]}
         with open(self.dir / "cluster.log", "w") as log:
             # Its own session: a signal meant for pytest doesn't reach the nodes half-way; they
             # go down through stop() (or when pytest dies and the child's stdin closes).
@@ -279,16 +286,21 @@ def _serve(spec: dict[str, Any]) -> None:
         head.update(dashboard_host="127.0.0.1", dashboard_port=spec["dashboard_port"])
     if spec["client"]:
         head["ray_client_server_port"] = spec["client_port"]
+    ports = iter(spec.get("metrics_ports") or [])
+    if spec["metrics"]:
+        head["metrics_export_port"] = next(ports)
     cluster = Cluster(initialize_head=True, head_node_args=head)
     try:
         workers = {}
         for cpus in spec["worker_cpus"]:
-            node = cluster.add_node(num_cpus=cpus, object_store_memory=store)
+            extra = {"metrics_export_port": next(ports)} if spec["metrics"] else {}
+            node = cluster.add_node(num_cpus=cpus, object_store_memory=store, **extra)
             workers[node.node_id] = node
         cluster.wait_for_nodes()
         reply({"address": cluster.address, "dashboard": cluster.webui_url,
                "head": cluster.head_node.node_id, "workers": list(workers),
-               "client_port": spec.get("client_port")})  # fmt: skip
+               "client_port": spec.get("client_port"),
+               "metrics_ports": spec.get("metrics_ports")})  # fmt: skip
         for line in sys.stdin:
             cmd = json.loads(line)
             if cmd["op"] == "kill":

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tests.cluster_util import LocalCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -41,8 +45,21 @@ def ray_local():
         # address="local": always a private Ray, even if a `ray start` cluster runs here.
         ray.init(address="local", num_cpus=2, include_dashboard=False,
                  object_store_memory=300 * 2**20)  # fmt: skip
+    # Ray points session_latest at this session as it starts; a later process that starts a Ray
+    # of its own moves the link, so it is read now.
+    tmp = os.environ.get("RAY_TMPDIR", "/tmp")
+    _SESSION.append(Path(os.path.realpath(os.path.join(tmp, "ray", "session_latest"))))
     yield ray
     ray.shutdown()
+
+
+_SESSION: list[Path] = []
+
+
+@pytest.fixture(scope="session")
+def ray_session_dir(ray_local) -> Path:
+    """The session directory of `ray_local` (its logs are under logs/)."""
+    return _SESSION[-1]
 
 
 def smoke_spec(tiny_market: Path, **overrides: str):
@@ -103,3 +120,18 @@ def grid_run(tiny_market: Path, ray_local, tmp_path_factory: pytest.TempPathFact
     run_dir = tmp_path_factory.mktemp("runs") / "grid"
     run_search(smoke_spec(tiny_market, **GRID), run_dir, stop_after="architecture")
     return run_dir
+
+
+@pytest.fixture
+def make_cluster() -> Iterator[Callable[..., LocalCluster]]:
+    """Start clusters with LocalCluster's arguments; every one is stopped, pass or fail."""
+    started: list[LocalCluster] = []
+
+    def make(**kwargs: Any) -> LocalCluster:
+        cluster = LocalCluster(**kwargs)
+        started.append(cluster)
+        return cluster.start()
+
+    yield make
+    for cluster in started:
+        cluster.stop()

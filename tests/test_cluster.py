@@ -20,7 +20,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +33,6 @@ pytestmark = pytest.mark.cluster
 
 STAGES = ["architecture", "training", "dropout"]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
-
-
-@pytest.fixture
-def make_cluster() -> Iterator[Callable[..., LocalCluster]]:
-    """Start clusters with LocalCluster's arguments; every one is stopped, pass or fail."""
-    started: list[LocalCluster] = []
-
-    def make(**kwargs: Any) -> LocalCluster:
-        cluster = LocalCluster(**kwargs)
-        started.append(cluster)
-        return cluster.start()
-
-    yield make
-    for cluster in started:
-        cluster.stop()
 
 
 def _search(cluster: LocalCluster, storage: Path, name: str, *overrides: str) -> list[str]:

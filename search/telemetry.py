@@ -1,0 +1,84 @@
+"""Live metrics of a search through Ray's own pipeline (`ray.util.metrics`).
+
+Every node's metrics agent exports them on its metrics port (`/metrics`, Prometheus format), and
+Prometheus finds the nodes through the service-discovery file Ray writes into its temp dir
+(`prom_metrics_service_discovery.json`); Ray prefixes each name with `ray_` and a counter's with
+`_total` too. Trials set the gauges at every evaluation; the driver counts trials per stage.
+
+Every series carries `run` (the run directory's name) and `stage`; a trial's also `trial_id` and
+`point` (its grid point as `key=value ...`, with `replicate=r` when a stage has seeds).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.util.metrics import Counter, Gauge
+
+PREFIX = "liquid_search_"
+TRIAL_TAGS = ("run", "stage", "trial_id", "point")
+STAGE_TAGS = ("run", "stage")
+
+# Gauge name -> (description, the evaluation's key it reports).
+TRIAL_GAUGES: dict[str, tuple[str, str]] = {
+    "val_ic_sharpe": ("validation IC Sharpe at this evaluation", "ic_sharpe"),
+    "val_mean_ic": ("validation mean daily IC at this evaluation", "mean_ic"),
+    "val_ls_sharpe": ("validation long/short Sharpe at this evaluation", "ls_sharpe"),
+    "val_long_sharpe": ("validation long-book Sharpe at this evaluation", "long_sharpe"),
+    "val_short_sharpe": ("validation short-book Sharpe at this evaluation", "short_sharpe"),
+    "best_val_ic_sharpe": ("best validation IC Sharpe of the trial so far", "best_ic_sharpe"),
+    "best_val_mean_ic": ("validation mean IC of the trial's best evaluation", "best_mean_ic"),
+    "epoch": ("epochs the trial has completed", "epoch"),
+    "train_loss": ("mean training loss of the last epoch", "train_loss"),
+    "train_seconds": ("seconds the trial has trained", "train_seconds"),
+}
+STAGE_COUNTERS = {
+    "trials_finished": "trials of the stage that finished (each counted once)",
+    "trials_failed": "trials of the stage that failed after their retries",
+}
+STAGE_GAUGES = {"stage_running": "1 while the stage runs, 0 once it has ended"}
+
+
+def exported_names() -> set[str]:
+    """Every name as Prometheus sees it (Ray's `ray_` prefix, a counter's `_total`)."""
+    names = {f"ray_{PREFIX}{n}" for n in (*TRIAL_GAUGES, *STAGE_GAUGES)}
+    return names | {f"ray_{PREFIX}{n}_total" for n in STAGE_COUNTERS}
+
+
+class TrialMetrics:
+    """The gauges of one trial; `report` sets them from an evaluation's result dict."""
+
+    def __init__(self, run: str, stage: str, trial_id: str, point: str) -> None:
+        self.tags = {"run": run, "stage": stage, "trial_id": trial_id, "point": point}
+        self.gauges = {
+            name: (Gauge(PREFIX + name, description=desc, tag_keys=TRIAL_TAGS), key)
+            for name, (desc, key) in TRIAL_GAUGES.items()
+        }
+
+    def report(self, result: dict[str, Any]) -> None:
+        for gauge, key in self.gauges.values():
+            if key in result:
+                gauge.set(float(result[key]), tags=self.tags)
+
+
+class StageMetrics:
+    """The driver's counters and state of one stage."""
+
+    def __init__(self, run: str, stage: str) -> None:
+        self.tags = {"run": run, "stage": stage}
+        self.counters = {
+            name: Counter(PREFIX + name, description=desc, tag_keys=STAGE_TAGS)
+            for name, desc in STAGE_COUNTERS.items()
+        }
+        self.running = Gauge(
+            PREFIX + "stage_running", description=STAGE_GAUGES["stage_running"], tag_keys=STAGE_TAGS
+        )
+
+    def finished(self) -> None:
+        self.counters["trials_finished"].inc(1.0, tags=self.tags)
+
+    def failed(self) -> None:
+        self.counters["trials_failed"].inc(1.0, tags=self.tags)
+
+    def set_running(self, running: bool) -> None:
+        self.running.set(1.0 if running else 0.0, tags=self.tags)
