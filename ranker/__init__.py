@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-_SUBMODULES = ("checkpoint", "config", "costs", "data", "metrics", "model", "overfit", "pairs",
+_SUBMODULES = ("checkpoint", "config", "costs", "data", "device", "metrics", "model", "overfit", "pairs",
                "panel", "schema", "split", "storage", "synth", "train", "universe")  # fmt: skip
 __all__ = list(_SUBMODULES)
 

@@ -209,7 +209,8 @@ class MultiBranchRanker(nn.Module):
                     p.grad += g
             return loss
         if emb.dtype == torch.bfloat16:
-            with torch.autocast(device_type=emb.device.type, dtype=torch.bfloat16):
+            # No cast cache: a step captured as a CUDA graph must recompute its casts.
+            with torch.autocast(emb.device.type, dtype=torch.bfloat16, cache_enabled=False):
                 loss = self.pair_loss(price, fund, emb, target)
         else:
             loss = self.pair_loss(price, fund, emb, target)

@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -99,12 +100,17 @@ def _start(
     from search import connect, driver
     from search.data import load_data
 
+    _RUN.append(run.path)
     ds = load_data(sp, source)
     connect.init(args.address, verbose=args.verbose)
     if not args.verbose:
         # Tune logs every failed attempt of a trial with its traceback; one line says it.
         logging.getLogger("ray.tune.execution.tune_controller").addFilter(OneLineErrors())
+        # On Ctrl-C Tune advises `Tuner.restore(...)`; our error line gives the command that
+        # resumes the whole run instead.
+        logging.getLogger("ray.tune.tune").addFilter(NoTunerRestoreHint())
     connect.check_storage(run.path)
+    connect.check_resources(sp.resources.cpu, sp.resources.gpu, sp.resources.autoscale)
     log.info(f"run directory: {run.path}")
     outcome = "failed"
     try:
@@ -127,11 +133,12 @@ def _start(
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ranker import storage
+    from search.connect import run_storage
     from search.data import data_source
     from search.rundir import RunDir
 
     sp = specmod.load(args.config or _default_config(), args.overrides)
-    root = storage.absolute(args.storage or sp.storage)
+    root = run_storage(args.storage or sp.storage)
     run = RunDir(storage.join(root, args.name or sp.name or time.strftime("run-%Y%m%d-%H%M%S")))
     if run.is_run():
         raise RunDirError(
@@ -301,6 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class NoTunerRestoreHint(logging.Filter):
+    """Drops Tune's 'resume with Tuner.restore(...)' advice (`liquid-search resume` is ours)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
 class OneLineErrors(logging.Filter):
     """Shortens a log record that carries an exception to its text and the exception's last
     line (a Ray task error ends with the trial's own exception)."""
@@ -325,13 +339,41 @@ def setup_logging() -> None:
     ours.propagate = False
 
 
+_RUN: list[str] = []  # the run directory the command works on, once known (for Ctrl-C's line)
+_STOPPING: list[bool] = []
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    """Ctrl-C: the first stops the run where it is (KeyboardInterrupt; during a stage Tune takes
+    that one itself and stops its trials, saving their state); once stopping, the next one
+    ends the process at once."""
+    if _STOPPING:
+        print("error: stopped at once on a second Ctrl-C" + _resume_hint(), file=sys.stderr)
+        os._exit(130)
+    _STOPPING.append(True)
+    raise KeyboardInterrupt
+
+
+def _resume_hint() -> str:
+    return f". Fix: `liquid-search resume {_RUN[-1]}` continues it." if _RUN else "."
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     # Tune's own progress tables repeat what our one line per trial says.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    signal.signal(signal.SIGINT, _on_sigint)
     try:
         return args.fn(args)
+    except Interrupted as e:
+        _STOPPING.append(True)  # a Ctrl-C while Ray shuts down ends the process at once
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        _STOPPING.append(True)
+        print("error: interrupted (Ctrl-C)" + _resume_hint(), file=sys.stderr)
+        return 130
     except SearchError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

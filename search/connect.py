@@ -24,6 +24,35 @@ def in_ray_job() -> bool:
     return bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or os.environ.get("RAY_JOB_ID"))
 
 
+JOB_STORAGE_ROOT = "~/liquid-search"
+
+
+def run_storage(path: str) -> str:
+    """Where runs go, as an absolute path or a URI.
+
+    Inside a Ray job the working directory is the job's working_dir package, a temporary copy
+    that Ray deletes once the job is over: a relative path (the spec's default ./runs included)
+    is taken under ~/liquid-search on the driver's node instead, and an absolute path inside the
+    working directory is refused.
+
+    Raises:
+        ClusterError: an absolute storage path inside a Ray job's working directory.
+    """
+    if store.is_uri(path) or not in_ray_job():
+        return store.absolute(path)
+    expanded = os.path.expanduser(path)
+    if not os.path.isabs(expanded):
+        return os.path.normpath(os.path.join(os.path.expanduser(JOB_STORAGE_ROOT), expanded))
+    cwd = os.getcwd()
+    if os.path.commonpath([os.path.abspath(expanded), cwd]) == cwd:
+        raise ClusterError(
+            f"storage {path!r} is inside this Ray job's working directory {cwd}, a temporary copy "
+            f"Ray deletes when the job ends. Fix: --storage with a durable path (e.g. "
+            f"{JOB_STORAGE_ROOT}/runs, an NFS mount, or s3://bucket/path)."
+        )
+    return os.path.abspath(expanded)
+
+
 def token_file() -> str:
     return os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
 
@@ -114,6 +143,40 @@ def is_client() -> bool:
 
 def alive_nodes() -> list[dict[str, Any]]:
     return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def resource_problem(
+    cpu: float, gpu: float, nodes: list[dict[str, float]], autoscale: bool
+) -> str | None:
+    """Why no trial (nor the final model) could be placed on these nodes, or None.
+
+    Args:
+        cpu, gpu: what one trial reserves (resources.cpu, resources.gpu).
+        nodes: each alive node's total resources (`{"CPU": 8, "GPU": 1, ...}`).
+        autoscale: the cluster adds nodes for waiting trials (resources.autoscale).
+    """
+    if autoscale or any(n.get("CPU", 0) >= cpu and n.get("GPU", 0) >= gpu for n in nodes):
+        return None
+    have = ", ".join(f"{n.get('CPU', 0):g} CPU / {n.get('GPU', 0):g} GPU" for n in nodes)
+    fix = ("train on CPUs with resources.gpu=0, or join nodes with a GPU" if gpu > 0
+           else f"resources.cpu={max((n.get('CPU', 0) for n in nodes), default=1):g} or less")  # fmt: skip
+    return (
+        f"no node of this cluster can hold one trial's resources.cpu={cpu:g} "
+        f"resources.gpu={gpu:g} (its nodes have: {have}), so every trial would wait forever. "
+        f"Fix: {fix}; if the cluster's autoscaler adds such nodes, set resources.autoscale=true."
+    )
+
+
+def check_resources(cpu: float, gpu: float, autoscale: bool) -> None:
+    """Refuse, before any trial starts, resources no node of the cluster has.
+
+    Raises:
+        ClusterError: no alive node can hold one trial (and the cluster does not autoscale).
+    """
+    nodes = [dict(n.get("Resources", {})) for n in alive_nodes()]
+    problem = resource_problem(cpu, gpu, nodes, autoscale)
+    if problem:
+        raise ClusterError(problem)
 
 
 def mount_type(path: str) -> str:

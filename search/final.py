@@ -18,6 +18,7 @@ import torch
 from ranker import checkpoint
 from ranker.costs import cost_metrics
 from ranker.data import Dataset
+from ranker.device import cap_gpu_memory, gpu_stats
 from ranker.metrics import daily, summarize
 from ranker.model import ModelConfig, MultiBranchRanker
 from ranker.panel import Panel
@@ -37,6 +38,8 @@ def _train_task(
     """Train one model on the cluster (on the GPU it reserved, if any); weights and scores."""
     torch.set_num_threads(max(1, threads))
     device = trial_device(gpu)
+    if device == "cuda":
+        cap_gpu_memory(gpu)
     lines: list[str] = []
     result = fit(ModelConfig.from_dict(mc), TrainConfig.from_dict(tc), train, val,
                  log=lines.append, device=device)  # fmt: skip
@@ -52,9 +55,7 @@ def _train_task(
         "device": device,
         "log": lines,
     }
-    if device == "cuda":
-        out["gpu_name"] = torch.cuda.get_device_name()
-        out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    out |= gpu_stats(device)
     return out
 
 
@@ -100,7 +101,7 @@ def run_final(
             "device": r["device"],
             "history": r["history"],
         }
-        for k in ("gpu_name", "gpu_peak_mb"):
+        for k in ("gpu", "gpu_peak_mb"):
             if k in r:
                 part[k] = r[k]
         if test.oracle is not None:

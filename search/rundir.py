@@ -127,6 +127,8 @@ class TrialRow:
     restored: int
     node_id: str
     device: str
+    gpu: str  # the GPU's name ('' on the CPU)
+    gpu_peak_mb: float  # the trial's peak allocated GPU memory (NaN on the CPU)
     data_zero_copy: bool
     mem_private_mb: float
     mem_rss_mb: float
@@ -142,7 +144,7 @@ class TrialRow:
 
 _ROW_FIELDS = [f.name for f in fields(TrialRow) if f.name not in ("point", "metrics")]
 _ROW_INT = ("replicate", "seed", "epochs", "best_epoch", "restored")
-_ROW_FLOAT = ("train_seconds", "mem_private_mb", "mem_rss_mb")
+_ROW_FLOAT = ("train_seconds", "gpu_peak_mb", "mem_private_mb", "mem_rss_mb")
 
 
 def _row_columns(keys: list[str]) -> list[str]:
@@ -182,6 +184,7 @@ def rows_from_csv(text: str, keys: list[str], where: str) -> list[TrialRow]:
                 metrics={m: float(d[m]) for m in METRICS},
                 node_id=d["node_id"],
                 device=d["device"],
+                gpu=d["gpu"],
                 data_zero_copy=d["data_zero_copy"] == "True",
                 checkpoint=d["checkpoint"],
                 **{k: int(d[k]) for k in _ROW_INT},

@@ -86,6 +86,9 @@ class ResourceSpec:
 
     cpu: float = 1.0
     gpu: float = 0.0
+    # The cluster's autoscaler adds the nodes trials wait for: do not refuse a trial's resources
+    # because no node has them yet.
+    autoscale: bool = False
 
     def __post_init__(self) -> None:
         errors = []

@@ -231,10 +231,11 @@ def run_stage(
         if relay is not None:
             stack.enter_context(relay_ctx)
         grid = tuner.fit()
-    unfinished = [r for r in grid if r.error is None and not (r.metrics or {}).get("done")]
-    if unfinished:  # Tune stopped on Ctrl-C (SIGINT) and saved its state: nothing to select
+    total = len(stage.points) * stage.seeds
+    ended = sum(r.error is not None or bool((r.metrics or {}).get("done")) for r in grid)
+    if ended < total:  # Tune stopped on Ctrl-C (SIGINT) and saved its state: nothing to select
         raise Interrupted(
-            f"stage {stage.name!r} was interrupted with {len(unfinished)} of {len(grid)} trials "
+            f"stage {stage.name!r} was interrupted with {total - ended} of {total} trials "
             f"unfinished; nothing was selected from it. Fix: `liquid-search resume {run.path}` "
             f"continues it (finished trials are kept, the others continue from their last "
             f"checkpoint)."
@@ -297,6 +298,8 @@ def collect(stage: StageSpec, run: RunDir, base_train: TrainConfig, grid: Any) -
                 restored=int(m.get("restored", 0)),
                 node_id=str(m.get("node_id", "")),
                 device=str(m.get("device", "")),
+                gpu=str(m.get("gpu", "")),
+                gpu_peak_mb=float(m.get("gpu_peak_mb", math.nan)),
                 data_zero_copy=bool(m.get("data_zero_copy", False)),
                 mem_private_mb=float(m.get("mem_private_mb", math.nan)),
                 mem_rss_mb=float(m.get("mem_rss_mb", math.nan)),

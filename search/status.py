@@ -107,13 +107,17 @@ def _stage_lines(run: Run, st: StageRecord, overfit: dict[str, str]) -> list[str
                           f"(epoch {b.best_epoch})")  # fmt: skip
         statuses = [r.status for r in rows]
     lines = [f"\n[{st.name}] {_counts(statuses, total)}; {state}"]
+    gpus = [getattr(r, "gpu", "") for r in rows]
+    if any(gpus):  # trials on GPUs: say which, and their peak memory
+        header.append("device")
     body = []
-    for r in rows:
+    for r, gpu in zip(rows, gpus, strict=True):
         epochs = r.epochs if not isinstance(r, LiveTrial) else r.epoch
         body.append([
             *(_key(r.point.get(k, "")) for k in keys), *([str(r.replicate)] if rep else []),
             r.status, str(epochs), str(r.best_epoch or "-"),
             *(fmt(r.metrics.get(c), c) for c in _COLS),
+            *([f"{gpu} ({r.gpu_peak_mb:,.0f} MB peak)" if gpu else r.device] if any(gpus) else []),
         ])  # fmt: skip
     lines.append(table(header, body))
     errors = [(r.point, r.replicate, r.error) for r in rows if r.error]

@@ -28,6 +28,7 @@ from ray import tune
 
 from ranker import storage
 from ranker.config import ConfigError
+from ranker.device import cap_gpu_memory, gpu_stats, release_gpu_memory
 from ranker.model import ModelConfig
 from ranker.train import Evaluation, TrainConfig, fit
 from search.errors import SearchError
@@ -101,8 +102,8 @@ def run_trial(config: dict[str, Any], data: dict[str, Any], job: dict[str, Any])
         tune.report({CONFIG_ERROR: f"{type(e).__name__}: {e}"})
         return
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
-    if device == "cuda" and spec.resources.gpu < 1:
-        torch.cuda.set_per_process_memory_fraction(spec.resources.gpu)
+    if device == "cuda":
+        cap_gpu_memory(spec.resources.gpu)
 
     train, val = ray.get([data["train"], data["val"]])  # zero-copy, read-only views
     trial_id = tune.get_context().get_trial_id()
@@ -141,6 +142,7 @@ def run_trial(config: dict[str, Any], data: dict[str, Any], job: dict[str, Any])
             # Read-only arrays are views of the object store's copy, not private copies.
             "data_zero_copy": not (train.emb.flags.writeable or val.emb.flags.writeable),
             **memory_mb(),
+            **gpu_stats(device),
         }
         telemetry.report(metrics)
         with tempfile.TemporaryDirectory() as d:
@@ -161,6 +163,8 @@ def run_trial(config: dict[str, Any], data: dict[str, Any], job: dict[str, Any])
     except BaseException as e:
         _say(f"{where} ended with {type(e).__name__}: {e}")
         raise
+    finally:
+        release_gpu_memory(device)
     _say(f"{where} ended: best {tc.metric} {result.metrics[tc.metric]:.3f} at epoch "
          f"{result.best_epoch}, {result.seconds:.1f} s of training")  # fmt: skip
 

@@ -53,6 +53,7 @@ class LocalCluster:
 
     Args:
         head_cpus: CPUs the head advertises (the driver of a search connects to the head).
+        head_gpus: GPUs the head advertises (whether or not the machine has them).
         worker_cpus: CPUs of each worker node, one entry per node.
         object_store_mb: object store of every node.
         dashboard: start the dashboard (and with it the Jobs REST API) on a free port.
@@ -66,6 +67,7 @@ class LocalCluster:
         self,
         *,
         head_cpus: int = 1,
+        head_gpus: int = 0,
         worker_cpus: tuple[int, ...] = (1,),
         object_store_mb: int = 250,
         dashboard: bool = False,
@@ -75,6 +77,7 @@ class LocalCluster:
     ) -> None:
         self.spec = {
             "head_cpus": head_cpus,
+            "head_gpus": head_gpus,
             "worker_cpus": list(worker_cpus),
             "object_store_mb": object_store_mb,
             "dashboard": dashboard,
@@ -277,6 +280,7 @@ def _serve(spec: dict[str, Any]) -> None:
     store = spec["object_store_mb"] * 2**20
     head: dict[str, Any] = {
         "num_cpus": spec["head_cpus"],
+        "num_gpus": spec.get("head_gpus", 0),
         "object_store_memory": store,
         "include_dashboard": spec["dashboard"],
         "dashboard_agent_listen_port": spec["agent_port"],

@@ -1,0 +1,39 @@
+"""GPU placement helpers for a training process: a memory cap that counts the CUDA context,
+the GPU's name and peak memory, and releasing cached memory between trials. No Ray here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+CUDA_CONTEXT_MB = 600  # what a process's CUDA context takes on the card, beside its tensors
+
+
+def cap_gpu_memory(share: float) -> None:
+    """Cap this process's GPU memory to its share of the card, its CUDA context included.
+
+    `torch.cuda.set_per_process_memory_fraction` caps only PyTorch's allocator; the context
+    (~300-600 MB, by GPU and driver) comes on top, so four trials capped at 0.25 each could
+    overfill a card. The allocator's cap is the share less `CUDA_CONTEXT_MB`.
+    """
+    if share >= 1:
+        return
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(max(0.01, share - CUDA_CONTEXT_MB * 2**20 / total))
+
+
+def gpu_stats(device: str) -> dict[str, Any]:
+    """The GPU's name and this process's peak allocated memory (MB), on a CUDA device."""
+    if device != "cuda":
+        return {}
+    return {"gpu": torch.cuda.get_device_name(),
+            "gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20}  # fmt: skip
+
+
+def release_gpu_memory(device: str) -> None:
+    """Return cached blocks to the driver and reset the peak, so the next trial this (reused)
+    actor runs starts from a clean slate."""
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()

@@ -1,0 +1,186 @@
+"""Interrupts and resumes: the guarantees the README states, checked by waiting for states.
+
+A stage of six trials runs one trial at a time; the fault hook makes the fourth trial hang right
+after its epoch-2 checkpoint. The tests wait until that trial is stuck and Tune's own record of
+the experiment (its snapshot, read through `tune.ExperimentAnalysis`) shows the finished trials
+and the stuck one's checkpoint; then they interrupt the driver (Ctrl-C, or SIGKILL) and resume:
+- every trial ends at its full epochs and the stage is selected from all six;
+- a trial that had finished is not trained again (its reported results are the same rows);
+- the stuck trial continues from its checkpoint, and ends exactly as in an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from search.rundir import RunDir
+from tests.conftest import SMOKE
+
+GRID = "stages.architecture.grid={latent_scale: [0.5, 1.0], news_alpha: [0.6, 0.8, 1.0]}"
+STUCK = {
+    "latent_scale": 1.0,
+    "news_alpha": 0.8,
+}  # the fourth of the six: Tune varies the first key fastest
+EPOCHS = 4
+
+
+def _args(market: Path, storage: Path, name: str) -> list[str]:
+    return [sys.executable, "-m", "search.cli", "run", "--config", str(SMOKE), "--storage",
+            str(storage), "--name", name, f"data.source={market}", GRID,
+            f"train.epochs={EPOCHS}", "max_concurrent=1", "final.baseline=false"]  # fmt: skip
+
+
+def _env(**extra: str) -> dict[str, str]:
+    # RAY_ADDRESS=local: a private Ray even if a `ray start` cluster runs on this machine.
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": "local", **extra}
+
+
+def _snapshot(stage_dir: Path) -> dict[str, dict[str, Any]]:
+    """Tune's record of each trial (status, last reported epoch, reports), by trial id."""
+    from ray import tune
+
+    try:
+        ea = tune.ExperimentAnalysis(str(stage_dir))
+    except ValueError:  # no snapshot yet
+        return {}
+    out = {}
+    for t in ea.trials:
+        df = ea.trial_dataframes.get(t.trial_id)
+        out[t.trial_id] = {
+            "status": t.status,
+            "config": dict(t.config),
+            "epoch": int((t.last_result or {}).get("epoch", 0)),
+            "reports": []
+            if df is None or not len(df)
+            else df[["epoch", "ic_sharpe"]].values.tolist(),
+        }
+    return out
+
+
+def _interrupt_when_stuck(market: Path, storage: Path, name: str, sig: int) -> tuple[dict, str]:
+    """Run until the stuck trial hangs after epoch 2 with Tune's snapshot showing it and the
+    three trials before it finished; then send `sig` to the driver (its whole process group for
+    SIGKILL, as when a machine dies). Returns the snapshot taken just before, and the output."""
+    marker = storage / f"{name}.hung"
+    fault = {"stage": "architecture", "point": STUCK, "epoch": 2, "mode": "hang",
+             "marker": str(marker)}  # fmt: skip
+    log_path = storage / f"{name}.log"
+    storage.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(_args(market, storage, name), stdout=log, stderr=log,
+                                env=_env(LIQUID_SEARCH_FAULT=json.dumps(fault)),
+                                start_new_session=True)  # fmt: skip
+    stage_dir = storage / name / "architecture"
+    try:
+        deadline = time.time() + 300
+        while True:
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.time() < deadline, log_path.read_text()[-3000:]
+            snap = _snapshot(stage_dir) if marker.exists() else {}
+            done = [t for t in snap.values() if t["status"] == "TERMINATED"]
+            stuck = [t for t in snap.values() if t["config"] == STUCK and t["epoch"] == 2]
+            if len(done) == 3 and stuck:
+                break
+            time.sleep(0.3)
+        if sig == signal.SIGKILL:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.send_signal(sig)  # Ctrl-C reaches the driver (Tune stops the trials itself)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return snap, log_path.read_text()
+
+
+def _check_resumed(market: Path, storage: Path, name: str, before: dict, clean: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "search.cli", "resume", str(storage / name)],
+                       capture_output=True, text=True, env=_env(), timeout=400)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    after = _snapshot(storage / name / "architecture")
+    st = RunDir(str(storage / name)).load().stage("architecture")
+    assert st.done and len(st.rows) == 6
+    assert all(x.status == "TERMINATED" and x.epochs == EPOCHS for x in st.rows), st.rows
+    reference = {
+        tuple(r.point.values()): r for r in RunDir(str(clean)).load().stage("architecture").rows
+    }
+    for row in st.rows:
+        was = before.get(row.trial_id, {"status": "NOT CREATED"})
+        if was["status"] == "TERMINATED":  # finished before: not trained again
+            assert after[row.trial_id]["reports"] == was["reports"], row.trial_id
+            assert row.restored == 0
+        elif row.point == STUCK:  # continued from its epoch-2 checkpoint
+            assert row.restored == 1 and [e for e, _ in after[row.trial_id]["reports"]][:2] == [
+                1,
+                2,
+            ]
+        # Every trial ends as in an uninterrupted run (training is deterministic per epoch).
+        ref = reference[tuple(row.point.values())]
+        assert row.metrics == pytest.approx(ref.metrics, abs=1e-9, nan_ok=True), row.point
+    assert (storage / name / "summary.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def clean_run(tiny_market: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    storage = tmp_path_factory.mktemp("clean")
+    r = subprocess.run(_args(tiny_market, storage, "clean"), capture_output=True, text=True,
+                       env=_env(), timeout=400)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    return storage / "clean"
+
+
+def test_ctrl_c_mid_stage_then_resume(tiny_market, tmp_path, clean_run):
+    before, out = _interrupt_when_stuck(tiny_market, tmp_path, "r", signal.SIGINT)
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("error: stage 'architecture' was interrupted with 3 of 6 trials "
+                           "unfinished; nothing was selected from it."), out[-3000:]  # fmt: skip
+    assert f"liquid-search resume {tmp_path / 'r'}" in last and "Traceback" not in out
+    run = RunDir(str(tmp_path / "r")).load()
+    assert not run.stage("architecture").done and run.info.outcome == "interrupted"
+    _check_resumed(tiny_market, tmp_path, "r", before, clean_run)
+
+
+def test_sigkill_mid_stage_then_resume(tiny_market, tmp_path, clean_run):
+    before, _ = _interrupt_when_stuck(tiny_market, tmp_path, "r", signal.SIGKILL)
+    run = RunDir(str(tmp_path / "r")).load()
+    assert not run.stage("architecture").done and run.info.ended is None  # no chance to say
+    _check_resumed(tiny_market, tmp_path, "r", before, clean_run)
+
+
+def test_second_ctrl_c_stops_at_once_without_a_traceback(tiny_market, tmp_path):
+    """Ctrl-C twice while a trial hangs: the run stops at once with one line and exit 130."""
+    storage = tmp_path
+    marker = storage / "hung"
+    fault = {"stage": "architecture", "point": {"latent_scale": 0.5, "news_alpha": 0.6},
+             "epoch": 1, "mode": "hang", "marker": str(marker)}  # fmt: skip
+    proc = subprocess.Popen(_args(tiny_market, storage, "r2"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=_env(LIQUID_SEARCH_FAULT=json.dumps(fault)))  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while not marker.exists():
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        t = time.time()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert "liquid-search resume" in err.strip().splitlines()[-1]
+    assert time.time() - t < 30
