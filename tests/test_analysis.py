@@ -15,17 +15,9 @@ from ranker.metrics import evaluate_bounds
 from ranker.model import ModelConfig, MultiBranchRanker
 from ranker.overfit import deflated_sharpe_ratio
 from ranker.train import METRICS, score
-from search.analysis import (
-    analyze,
-    blocks_for,
-    point_table,
-    selected_dsr,
-    selected_trial,
-    series_pbo,
-    stage_pbo,
-    top_test,
-)
+from search.analysis import analyze, point_table, selected_trial, top_test
 from search.errors import RunDirError
+from search.overfitting import blocks_for, selected_dsr, series_pbo, stage_pbo
 from search.rundir import RunDir, Series
 
 STAGES = ["architecture", "training", "dropout"]
