@@ -32,7 +32,7 @@ from search.connect import is_client
 from search.errors import Interrupted, StageFailed
 from search.rundir import ERROR, FINISHED, Best, RunDir, TrialRow
 from search.spec import REPLICATE, REPLICATE_SEED_STRIDE, SearchSpec, StageSpec, resolve_point
-from search.telemetry import StageMetrics
+from search.telemetry import StageMetrics, TrialMetrics
 from search.trainable import CONFIG_ERROR, run_trial
 
 log = logging.getLogger("liquid_search")
@@ -66,9 +66,10 @@ class Progress(tune.Callback):
         self.total = len(stage.points) * stage.seeds
         self.done = 0
         self._metrics: StageMetrics | None = None
+        self._trial_metrics: TrialMetrics | None = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_metrics": None}  # metric handles are per process
+    def __getstate__(self) -> dict[str, Any]:  # metric handles are per process
+        return {**self.__dict__, "_metrics": None, "_trial_metrics": None}
 
     @property
     def metrics(self) -> StageMetrics:
@@ -76,8 +77,20 @@ class Progress(tune.Callback):
             self._metrics = StageMetrics(self.run_name, self.stage.name)
         return self._metrics
 
+    @property
+    def trial_metrics(self) -> TrialMetrics:
+        if self._trial_metrics is None:
+            self._trial_metrics = TrialMetrics(self.run_name, self.stage.name)
+        return self._trial_metrics
+
     def setup(self, **info: Any) -> None:
         self.metrics.set_running(True)
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        point = point_text(self.stage, trial.config)
+        self.trial_metrics.report(trial.trial_id, point, result)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.metrics.set_running(False)

@@ -1,9 +1,10 @@
 """Live metrics of a search through Ray's own pipeline (`ray.util.metrics`).
 
-Every node's metrics agent exports them on its metrics port (`/metrics`, Prometheus format), and
-Prometheus finds the nodes through the service-discovery file Ray writes into its temp dir
-(`prom_metrics_service_discovery.json`); Ray prefixes each name with `ray_` and a counter's with
-`_total` too. Trials set the gauges at every evaluation; the driver counts trials per stage.
+The driver sets them all (a trial's gauges from each result the trial reports to Tune), so
+they are exported by the driver's node: its metrics agent serves them on its metrics port
+(`/metrics`, Prometheus format), and Prometheus finds the nodes through the service-discovery
+file Ray writes into its temp dir (`prom_metrics_service_discovery.json`). Ray prefixes each name
+with `ray_` and a counter's with `_total` too.
 
 Every series carries `run` (the run directory's name) and `stage`; a trial's also `trial_id` and
 `point` (its grid point as `key=value ...`, with `replicate=r` when a stage has seeds).
@@ -46,19 +47,27 @@ def exported_names() -> set[str]:
 
 
 class TrialMetrics:
-    """The gauges of one trial; `report` sets them from an evaluation's result dict."""
+    """The trial gauges of one stage, set from each result a trial reports.
 
-    def __init__(self, run: str, stage: str, trial_id: str, point: str) -> None:
-        self.tags = {"run": run, "stage": stage, "trial_id": trial_id, "point": point}
+    The driver's stage callback sets them (`Progress.on_trial_result`), not the trial: a node's
+    agent keeps a gauge's value only while the process that set it re-exports it (it drops a
+    value after two `metrics_report_interval_ms`, 20 s by default), so gauges set in a trial
+    actor would vanish from `/metrics` soon after Tune ends the actor. The driver lives for the
+    whole run, so every trial's last values stay exported until the run ends.
+    """
+
+    def __init__(self, run: str, stage: str) -> None:
+        self.run, self.stage = run, stage
         self.gauges = {
             name: (Gauge(PREFIX + name, description=desc, tag_keys=TRIAL_TAGS), key)
             for name, (desc, key) in TRIAL_GAUGES.items()
         }
 
-    def report(self, result: dict[str, Any]) -> None:
+    def report(self, trial_id: str, point: str, result: dict[str, Any]) -> None:
+        tags = {"run": self.run, "stage": self.stage, "trial_id": trial_id, "point": point}
         for gauge, key in self.gauges.values():
             if key in result:
-                gauge.set(float(result[key]), tags=self.tags)
+                gauge.set(float(result[key]), tags=tags)
 
 
 class StageMetrics:

@@ -34,7 +34,6 @@ from ranker.train import Evaluation, TrainConfig, fit
 from search.errors import SearchError
 from search.rundir import Series, TrialCheckpoint, read_series, read_state
 from search.spec import SearchSpec, trial_configs
-from search.telemetry import TrialMetrics
 
 CONFIG_ERROR = "config_error"  # the key of the one result a trial that cannot run reports
 
@@ -108,7 +107,6 @@ def run_trial(config: dict[str, Any], data: dict[str, Any], job: dict[str, Any])
     train, val = ray.get([data["train"], data["val"]])  # zero-copy, read-only views
     trial_id = tune.get_context().get_trial_id()
     where = f"[liquid-search] {job['stage']} trial {trial_id} ({job['point_text'](config)})"
-    telemetry = TrialMetrics(job["run_name"], job["stage"], trial_id, job["point_text"](config))
 
     resume = None
     best_series: Series | None = None
@@ -144,7 +142,6 @@ def run_trial(config: dict[str, Any], data: dict[str, Any], job: dict[str, Any])
             **memory_mb(),
             **gpu_stats(device),
         }
-        telemetry.report(metrics)
         with tempfile.TemporaryDirectory() as d:
             state = ev.state()
             state["restored"] = restored

@@ -96,20 +96,35 @@ def test_prometheus_scrapes_every_trial_and_the_stage_counters(make_cluster, tin
         args = [sys.executable, "-m", "search.cli", "run", "--address", cluster.address,
                 "--config", str(SMOKE), "--storage", str(tmp_path / "runs"), "--name", "watched",
                 f"data.source={tiny_market}"]  # fmt: skip
-        r = subprocess.run(args, capture_output=True, text=True, env=cluster.env(), timeout=300)
-        assert r.returncode == 0, r.stderr[-3000:]
+        # The plain path: while the run is in flight, the /metrics endpoints hold the gauges with
+        # their labels. (The driver sets every trial's gauges and keeps them exported while it
+        # runs; a node's agent drops a value within two report intervals of its emitter's exit.)
+        seen_names: set[str] = set()
+        seen_trials: set[tuple[str, str]] = set()
+        pattern = re.compile(r'^ray_liquid_search_val_ic_sharpe\{[^}]*stage="(\w+)"[^}]*'
+                             r'trial_id="(\w+)"', flags=re.M)  # fmt: skip
+        with open(tmp_path / "run.log", "w") as log:
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=cluster.env())
+            try:
+                deadline = time.time() + 300
+                while proc.poll() is None:
+                    assert time.time() < deadline, (tmp_path / "run.log").read_text()[-3000:]
+                    text = "".join(_get(f"http://127.0.0.1:{p}/metrics")
+                                   for p in cluster.info["metrics_ports"])  # fmt: skip
+                    seen_names |= set(re.findall(r"^(ray_liquid_search_\w+)\{", text, flags=re.M))
+                    seen_trials |= set(pattern.findall(text))
+                    time.sleep(0.5)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, (tmp_path / "run.log").read_text()[-3000:]
         trials = {(s.name, row.trial_id, " ".join(f"{k}={v}" for k, v in row.point.items()))
                   for s in RunDir(str(tmp_path / "runs" / "watched")).load().stages
                   for row in s.rows}  # fmt: skip
         assert len(trials) == 6
-
-        # The plain path: a node's /metrics endpoint holds the gauges, with their labels.
-        text = "".join(_get(f"http://127.0.0.1:{p}/metrics") for p in cluster.info["metrics_ports"])
-        names = set(re.findall(r"^(ray_liquid_search_\w+)\{", text, flags=re.M))
-        assert names == exported_names() - {"ray_liquid_search_trials_failed_total"}, names
-        for stage, trial_id, _ in trials:
-            assert re.search(rf'ray_liquid_search_val_ic_sharpe\{{[^}}]*stage="{stage}"[^}}]*'
-                             rf'trial_id="{trial_id}"', text), (stage, trial_id)  # fmt: skip
+        assert seen_names == exported_names() - {"ray_liquid_search_trials_failed_total"}
+        assert seen_trials == {(stage, trial_id) for stage, trial_id, _ in trials}
 
         # Prometheus, through Ray's service discovery: every trial's IC Sharpe series with its
         # stage, trial and point labels, and two finished trials counted per stage.
