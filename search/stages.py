@@ -52,7 +52,8 @@ def point_text(stage: StageSpec, config: dict[str, Any]) -> str:
 
 
 class Progress(tune.Callback):
-    """One log line per finished or failed trial, counted over the stage.
+    """One log line per finished or failed trial, counted over the stage, and the stage's
+    metrics: the trial gauges from every result a trial reports, the per-stage counters.
 
     The Tuner pickles its callbacks with the experiment and a restored Tuner uses that copy, so
     this holds no handle to the driver's logging and keeps its count through
