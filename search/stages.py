@@ -192,7 +192,6 @@ def run_stage(
         "spec": spec,
         "base_model": base_model.to_dict(),
         "base_train": base_train.to_dict(),
-        "run_name": run_name,
         "stage": stage.name,
         "point_text": functools.partial(point_text, stage),
         "fault": fault if fault and fault.get("stage", stage.name) == stage.name else None,

@@ -87,7 +87,7 @@ def run_trial(config: dict[str, Any], data: dict[str, Any], job: dict[str, Any])
     Args:
         config: the trial's grid point (and replicate index).
         data: object refs of the `train` and `val` Panels.
-        job: the resolved spec, the stage's base configs, the run's name, the stage's name,
+        job: the resolved spec, the stage's base configs, the stage's name,
             `point_text` (config -> "key=value ..."), and an optional fault.
     """
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # no line per checkpoint
