@@ -10,16 +10,18 @@ import io
 import os
 import pickle
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import torch
 
 from ranker import storage
 from ranker.model import MultiBranchRanker
 from ranker.schema import FeatureColumns
+
+if TYPE_CHECKING:  # a DataFrame is scored by duck typing; the training path never needs pandas
+    import pandas as pd
 
 FORMAT = "liquid-ranker/1"
 

@@ -109,7 +109,22 @@ def _to_days(col: pa.ChunkedArray | pa.Array, uri: str, name: str) -> np.ndarray
         raise DataError(
             f"{uri}: column {name!r} has {days.null_count} missing date(s). Fix: drop those rows."
         )
-    return days.to_numpy(zero_copy_only=False).astype("datetime64[D]").astype(np.int64)
+    return _numpy(days.cast(pa.int32())).astype(np.int64)
+
+
+def _numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A column as numpy. A numeric column without nulls is read from its buffer (no copy):
+    pyarrow's `to_numpy` imports pandas on first use (~0.2 s, which nothing else on the
+    training path needs). Anything else goes through `to_numpy`."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    t = col.type
+    if not col.null_count and (pa.types.is_integer(t) or pa.types.is_floating(t)):
+        kind = "f" if pa.types.is_floating(t) else "i" if pa.types.is_signed_integer(t) else "u"
+        width = t.bit_width // 8
+        return np.frombuffer(col.buffers()[1], dtype=f"{kind}{width}", count=len(col),
+                             offset=col.offset * width)  # fmt: skip
+    return col.to_numpy(zero_copy_only=False)
 
 
 def _row_desc(days: np.ndarray, symbols: list[str], codes: np.ndarray, i: int) -> str:
@@ -120,8 +135,9 @@ def _row_desc(days: np.ndarray, symbols: list[str], codes: np.ndarray, i: int) -
 
 def _symbol_codes(
     *columns: tuple[pa.ChunkedArray, str],
-) -> tuple[list[np.ndarray], list[str]]:
-    """Each symbol column as int32 codes into the sorted union of their values, in Arrow.
+) -> tuple[list[np.ndarray], pa.Array]:
+    """Each symbol column as int32 codes into the sorted union of their values (returned as an
+    Arrow array), in Arrow.
 
     Raises:
         DataError: a symbol is missing (null).
@@ -136,8 +152,8 @@ def _symbol_codes(
         strings.append(pc.cast(col, pa.large_string()))
     union = pc.unique(pa.chunked_array([c for s in strings for c in s.chunks], pa.large_string()))
     union = union.take(pc.sort_indices(union))
-    codes = [pc.index_in(s, value_set=union).to_numpy().astype(np.int32) for s in strings]
-    return codes, union.to_pylist()
+    codes = [_numpy(pc.index_in(s, value_set=union)).astype(np.int32) for s in strings]
+    return codes, union
 
 
 # ---------------------------------------------------------------- loading
@@ -200,15 +216,16 @@ def load(
     # Keys of every dataset row: cheap, three columns.
     keys = ds_file.read(columns=[schema.DATE, schema.SYMBOL, schema.TARGET], use_threads=threads)
     row_days = _to_days(keys.column(schema.DATE), ds_uri, schema.DATE)
-    target = keys.column(schema.TARGET).to_numpy(zero_copy_only=False).astype(np.float64)
+    target = _numpy(keys.column(schema.TARGET)).astype(np.float64)
     prices = pr_file.read(
         columns=[schema.SYMBOL, schema.PRICE_DATE, schema.CLOSE, schema.VOLUME],
         use_threads=threads,
     )
-    (row_sym, p_sym), symbols = _symbol_codes(
+    (row_sym, p_sym), symbol_array = _symbol_codes(
         (keys.column(schema.SYMBOL), ds_uri), (prices.column(schema.SYMBOL), pr_uri)
     )
     del keys
+    symbols = symbol_array.to_pylist()
     n_sym = len(symbols)
     n_rows = len(target)
     if n_rows == 0:
@@ -225,8 +242,8 @@ def load(
         )
 
     p_days = _to_days(prices.column(schema.PRICE_DATE), pr_uri, schema.PRICE_DATE)
-    close = prices.column(schema.CLOSE).to_numpy(zero_copy_only=False).astype(np.float64)
-    volume = prices.column(schema.VOLUME).to_numpy(zero_copy_only=False).astype(np.float64)
+    close = _numpy(prices.column(schema.CLOSE)).astype(np.float64)
+    volume = _numpy(prices.column(schema.VOLUME)).astype(np.float64)
     del prices
     for name, arr in ((schema.CLOSE, close), (schema.VOLUME, volume)):
         bad = ~np.isfinite(arr) | (arr < 0)
@@ -306,7 +323,7 @@ def load(
 
     oracle = None
     if storage.is_file(storage.join(source, schema.ORACLE_FILE)):
-        oracle = _read_oracle(source, row_days[rows], row_sym[rows], symbols)
+        oracle = _read_oracle(source, row_days[rows], row_sym[rows], symbol_array)
 
     base = {
         "fund": feats["fund"],
@@ -424,7 +441,10 @@ def _read_features(
             dest[...] = to_bf16_bits(block) if dest.dtype == np.uint16 else block
         kept_rows.append(idx + offset)
         kept += len(idx)
-        del batch
+        # Every reference to this batch's Arrow buffers goes before the next one is decoded: a
+        # column held over (in `arrays`) keeps the whole batch alive, and the reader then
+        # decodes into fresh memory (page faults) instead of the batch just freed.
+        del batch, arrays, block
     for a in out.values():
         a.resize((kept, a.shape[1]), refcheck=False)
     out["rows"] = np.concatenate(kept_rows) if kept_rows else np.zeros(0, np.int64)
@@ -484,7 +504,7 @@ def _batches(
 
 
 def _read_oracle(
-    source: str, days: np.ndarray, codes: np.ndarray, symbols: list[str]
+    source: str, days: np.ndarray, codes: np.ndarray, symbols: pa.Array
 ) -> np.ndarray | None:
     """The planted expected return of each kept row (synthetic markets), or None if any row
     has none."""
@@ -492,14 +512,14 @@ def _read_oracle(
     if not {schema.DATE, schema.SYMBOL, schema.ORACLE} <= set(pf.schema_arrow.names):
         return None
     t = pf.read(columns=[schema.DATE, schema.SYMBOL, schema.ORACLE])
+    o_sym = pc.index_in(pc.cast(t.column(schema.SYMBOL), pa.large_string()), value_set=symbols)
+    if o_sym.null_count:  # rows of symbols the dataset does not have
+        known = pc.is_valid(o_sym)
+        t, o_sym = t.filter(known), o_sym.filter(known)
     o_days = _to_days(t.column(schema.DATE), uri, schema.DATE)
-    o_codes = pc.index_in(
-        pc.cast(t.column(schema.SYMBOL), pa.large_string()), value_set=pa.array(symbols)
-    ).to_numpy(zero_copy_only=False)
-    known = ~np.isnan(o_codes.astype(np.float64))
     n = np.int64(len(symbols))
-    o_key = o_days[known] * n + o_codes[known].astype(np.int64)
-    values = t.column(schema.ORACLE).to_numpy(zero_copy_only=False).astype(np.float64)[known]
+    o_key = o_days * n + _numpy(o_sym).astype(np.int64)
+    values = _numpy(t.column(schema.ORACLE)).astype(np.float64)
     order = np.argsort(o_key, kind="stable")
     o_key, values = o_key[order], values[order]
     want = days.astype(np.int64) * n + codes.astype(np.int64)

@@ -9,7 +9,6 @@ import logging
 import os
 
 from ranker.data import Dataset, load
-from ranker.synth import generate
 from search.spec import SearchSpec
 
 log = logging.getLogger("liquid_search")
@@ -30,6 +29,10 @@ def data_source(spec: SearchSpec, override: str | None = None) -> str:
     path = os.path.join(os.path.expanduser(spec.data.cache_dir), tag)
     if not os.path.exists(os.path.join(path, "synth.json")):
         log.info(f"generating the synthetic market into {path} (once; cached for later runs)")
+        # Imported here, not above: it needs pandas (~0.3 s), which nothing else on the
+        # training path does.
+        from ranker.synth import generate
+
         generate(path, scale=s.scale, seed=s.seed, signal=s.signal, n_symbols=s.n_symbols,
                  n_dates=s.n_dates, log=log.info)  # fmt: skip
     return path

@@ -196,18 +196,22 @@ def test_a_stage_where_every_trial_fails_ends_in_one_line(tiny_market, tmp_path)
     assert (tmp_path / "r" / "architecture" / "results.csv").is_file(), "errors kept for status"
 
 
-def test_train_prints_json_on_stdout_and_imports_no_ray(tiny_market, tmp_path):
+def test_train_prints_json_on_stdout_and_imports_no_ray_nor_pandas(tiny_market, tmp_path):
+    # Neither is used on this path: ray costs ~3 s to import, pandas ~0.3 s.
     probe = (
         "import sys; from search.cli import main; rc = main(sys.argv[1:]); "
         "assert 'ray' not in sys.modules, sorted(m for m in sys.modules if m.startswith('ray'))[:5]; "
+        "assert 'pandas' not in sys.modules, 'pandas was imported'; "
         "sys.exit(rc)"
     )
+    ck = tmp_path / "model.pt"
     r = subprocess.run([sys.executable, "-c", probe, "train", "--data", str(tiny_market),
-                        "train.epochs=1", "train.eval_every=1", "model.news_hidden=8"],
-                       capture_output=True, text=True, timeout=300)  # fmt: skip
+                        "--out", str(ck), "train.epochs=1", "train.eval_every=1",
+                        "model.news_hidden=8"], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)  # stdout is exactly the JSON
     assert set(out) >= {"val", "test", "costs", "rows"} and out["rows"]["train"] > 0
+    assert ck.is_file() and out["checkpoint"] == str(ck)
     assert "epoch   1" in r.stderr
 
 
