@@ -5,7 +5,8 @@ machine's measured matmul peak.
 
 Prints (1) the fp32 and bf16 matmul GFLOP/s of this machine, on one thread, on the shapes the
 model's training step uses (the news encoder's forward and weight gradient) and on a large
-square product; (2) the time of one 15-epoch default-config trial (eval every 5) on a synthetic
+square product, and the fp32 rate of every core multiplying at once (the ceiling for trials
+side by side); (2) the time of one 15-epoch default-config trial (eval every 5) on a synthetic
 Panel of ~64,500 training rows (`--rows 270000`: the notebook's scale) in each precision, the
 FLOPs it does (counted analytically from the layer shapes), and the achieved GFLOP/s as a share
 of each peak.
@@ -14,6 +15,8 @@ of each peak.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import multiprocessing
 import os
 import time
 from dataclasses import replace
@@ -79,6 +82,32 @@ def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype, repeat: int = 20) 
     return 2 * m * k * n / best / 1e9
 
 
+def _timed_rate(m: int, k: int, n: int, start_at: float, seconds: float) -> float:
+    """GFLOP/s of repeated fp32 (m, k) @ (k, n) products on one thread for `seconds`, starting
+    at wall-clock `start_at` (so that several processes run at the same time)."""
+    torch.set_num_threads(1)
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    torch.mm(a, b)
+    time.sleep(max(0.0, start_at - time.time()))
+    t, count = time.perf_counter(), 0
+    while time.perf_counter() - t < seconds:
+        for _ in range(20):
+            torch.mm(a, b)
+        count += 20
+    return 2 * m * k * n * count / (time.perf_counter() - t) / 1e9
+
+
+def all_cores_peak(shape: tuple[int, int, int] = (1024, 768, 128)) -> list[float]:
+    """The fp32 rate of each core when every visible core multiplies at once (one process per
+    core): the ceiling for trials that run side by side, one per core."""
+    n = os.cpu_count() or 1
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(n, mp_context=ctx) as pool:
+        start_at = time.time() + 10  # after every worker has imported torch
+        futures = [pool.submit(_timed_rate, *shape, start_at, 4.0) for _ in range(n)]
+        return [f.result() for f in futures]
+
+
 def peaks() -> dict[str, float]:
     """The matmul peak per precision: the best of the model's big shapes and a square one."""
     torch.set_num_threads(1)
@@ -121,6 +150,37 @@ def bench_trial(rows: int, precision: str, peak: dict[str, float]) -> None:
           f"torch's optimizer imports)")  # fmt: skip
     print(f"  {flops / 1e9:,.0f} GFLOP -> {achieved:.1f} GFLOP/s = "
           + ", ".join(f"{achieved / g:.0%} of the {p} peak ({g:.0f})" for p, g in peak.items()))  # fmt: skip
+    if precision == "fp32":
+        steps = tc.epochs * (pairs_rows // 2 // tc.batch_size)
+        step_parts(train, cfg, tc, wall / steps)
+
+
+def step_parts(train: Panel, cfg: ModelConfig, tc: TrainConfig, step_s: float) -> None:
+    """What a training step's biggest parts cost on their own: the row gather and the news
+    encoder's two big matmuls (forward, weight gradient), next to the whole step."""
+    rows = 2 * tc.batch_size
+    emb = torch.from_numpy(train.emb)
+    w = torch.randn(cfg.news_hidden, emb.shape[1]) * 0.05
+    b = torch.zeros(cfg.news_hidden)
+    x = torch.empty(rows, emb.shape[1])
+    rng = np.random.default_rng(0)
+    gather = gemm = 0.0
+    n = 200
+    for _ in range(n):
+        idx = torch.from_numpy(rng.integers(0, len(emb), rows))
+        t0 = time.perf_counter()
+        torch.index_select(emb, 0, idx, out=x)
+        t1 = time.perf_counter()
+        h = torch.addmm(b, x, w.t())  # (2B, 768) -> (2B, news_hidden)
+        h.t().mm(x)  # the weight gradient's shape: (news_hidden, 2B) @ (2B, 768)
+        t2 = time.perf_counter()
+        gather, gemm = gather + t1 - t0, gemm + t2 - t1
+    gather, gemm = gather / n, gemm / n
+    flops = 2 * 2 * rows * emb.shape[1] * cfg.news_hidden
+    print(f"  the trial per step of {rows:,} rows (evaluations included): {step_s * 1e3:.2f} ms; alone, the news encoder's "
+          f"forward + weight-gradient matmuls {gemm * 1e3:.2f} ms ({flops / gemm / 1e9:.0f} "
+          f"GFLOP/s), the row gather {gather * 1e3:.2f} ms; everything else "
+          f"{(step_s - gemm - gather) * 1e3:.2f} ms")  # fmt: skip
 
 
 def main() -> None:
@@ -132,6 +192,9 @@ def main() -> None:
     args = p.parse_args()
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs visible")
     peak = peaks()
+    rates = all_cores_peak()
+    print(f"fp32 news fwd 1024x768 @ 768x128 on all {len(rates)} cores at once (one process "
+          f"each): {' + '.join(f'{r:.0f}' for r in rates)} = {sum(rates):.0f} GFLOP/s")  # fmt: skip
     for precision in args.precision:
         bench_trial(args.rows, precision, peak)
 
