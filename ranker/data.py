@@ -115,7 +115,7 @@ def _to_days(col: pa.ChunkedArray | pa.Array, uri: str, name: str) -> np.ndarray
 def _numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A column as numpy. A numeric column without nulls is read from its buffer (no copy):
     pyarrow's `to_numpy` imports pandas on first use (~0.2 s, which nothing else on the
-    training path needs). Anything else goes through `to_numpy`."""
+    training path needs). Anything else goes through `to_numpy` (nulls become NaN)."""
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
     t = col.type
@@ -424,7 +424,7 @@ def _read_features(
                 scratch[g] = np.empty((len(cols), max(n, batch_rows)), dtype=np.float32)
             m = scratch[g][:, :n]  # (columns, rows): each column one contiguous copy
             for j, c in enumerate(cols):
-                m[j] = _values(arrays[c])
+                m[j] = _numpy(arrays[c])  # nulls become NaN, refused on the kept rows
             if g == "emb" and news_only:
                 idx = idx[np.logical_or.reduce(m, axis=0)[idx]]
             # Taking rows of a (columns, rows) matrix yields them row-major: .T is contiguous.
@@ -450,17 +450,6 @@ def _read_features(
     out["rows"] = np.concatenate(kept_rows) if kept_rows else np.zeros(0, np.int64)
     say(f"read {kept:,} rows x {len(columns.all)} features from {uri}")
     return out
-
-
-def _values(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A feature column's values as numpy, without a copy when it is float32 without nulls;
-    nulls become NaN (refused later, on the rows that are used)."""
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    if arr.type == pa.float32() and not arr.null_count:
-        return np.frombuffer(arr.buffers()[1], dtype=np.float32, count=len(arr),
-                             offset=arr.offset * 4)  # fmt: skip
-    return arr.to_numpy(zero_copy_only=False)
 
 
 def _batches(

@@ -228,7 +228,7 @@ def test_prices_cover_lookback_and_match_targets(frames):
     assert (before == synth.LOOKBACK).all() and len(before) == 80
     after = prices[prices[PRICE_DATE] > prices[SYMBOL].map(last_row)].groupby(SYMBOL).size()
     assert (after == 1).all() and len(after) == 80
-    assert (pd.to_datetime(prices[PRICE_DATE]).dt.dayofweek < 5).all()
+    assert (pd.to_datetime(prices[PRICE_DATE]).dt.day_of_week < 5).all()
     # close(next trading day) = close * exp(target_return)
     prices["next_close"] = prices.groupby(SYMBOL)[CLOSE].shift(-1)
     joined = df[[DATE, SYMBOL, TARGET]].merge(
