@@ -177,10 +177,10 @@ def step_parts(train: Panel, cfg: ModelConfig, tc: TrainConfig, step_s: float) -
         gather, gemm = gather + t1 - t0, gemm + t2 - t1
     gather, gemm = gather / n, gemm / n
     flops = 2 * 2 * rows * emb.shape[1] * cfg.news_hidden
-    print(f"  the trial per step of {rows:,} rows (evaluations included): {step_s * 1e3:.2f} ms; alone, the news encoder's "
-          f"forward + weight-gradient matmuls {gemm * 1e3:.2f} ms ({flops / gemm / 1e9:.0f} "
-          f"GFLOP/s), the row gather {gather * 1e3:.2f} ms; everything else "
-          f"{(step_s - gemm - gather) * 1e3:.2f} ms")  # fmt: skip
+    print(f"  the trial per step of {rows:,} rows (evaluations included): "
+          f"{step_s * 1e3:.2f} ms; alone, the news encoder's forward + weight-gradient matmuls "
+          f"{gemm * 1e3:.2f} ms ({flops / gemm / 1e9:.0f} GFLOP/s), the row gather "
+          f"{gather * 1e3:.2f} ms; everything else {(step_s - gemm - gather) * 1e3:.2f} ms")  # fmt: skip
 
 
 def main() -> None:

@@ -136,8 +136,8 @@ def _row_desc(days: np.ndarray, symbols: list[str], codes: np.ndarray, i: int) -
 def _symbol_codes(
     *columns: tuple[pa.ChunkedArray, str],
 ) -> tuple[list[np.ndarray], pa.Array]:
-    """Each symbol column as int32 codes into the sorted union of their values (returned as an
-    Arrow array), in Arrow.
+    """Each symbol column as int32 codes into the sorted union of their values, and that union
+    (an Arrow array); computed in Arrow.
 
     Raises:
         DataError: a symbol is missing (null).
