@@ -1,15 +1,16 @@
-"""Benchmark: one default-config trial on one thread, in fp32 and in bf16, against this
-machine's measured matmul peak.
+"""Benchmark: one trial on one thread, in fp32 and in bf16, against this machine's measured
+matmul peak.
 
-    python benchmarks/bench_train.py [--rows 64500] [--precision fp32 bf16]
+    python benchmarks/bench_train.py [--rows 64500] [--precision fp32 bf16] [--model K=V ...]
 
 Prints (1) the fp32 and bf16 matmul GFLOP/s of this machine, on one thread, on the shapes the
 model's training step uses (the news encoder's forward and weight gradient) and on a large
 square product, and the fp32 rate of every core multiplying at once (the ceiling for trials
-side by side); (2) the time of one 15-epoch default-config trial (eval every 5) on a synthetic
-Panel of ~64,500 training rows (`--rows 270000`: the notebook's scale) in each precision, the
-FLOPs it does (counted analytically from the layer shapes), and the achieved GFLOP/s as a share
-of each peak.
+side by side); (2) the time of one 15-epoch trial (eval every 5) of the default config (or the
+one `--model` gives) on a synthetic Panel of ~64,500 training rows (`--rows 270000`: the
+notebook's scale) in each precision, the FLOPs it does (counted analytically from the layer
+shapes), and the achieved GFLOP/s as a share of each peak; (3) in fp32, what a step's row
+gather and matmuls cost alone: the step's floor were everything else free.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from ranker.model import ModelConfig, MultiBranchRanker
+from ranker.config import ConfigError
+from ranker.model import ModelConfig, MultiBranchRanker, _weight_grad
 from ranker.panel import Panel, to_bf16_bits
 from ranker.train import TrainConfig, fit
 
@@ -125,14 +127,14 @@ def peaks() -> dict[str, float]:
     return out
 
 
-def bench_trial(rows: int, precision: str, peak: dict[str, float]) -> None:
+def bench_trial(rows: int, precision: str, peak: dict[str, float], model: ModelConfig) -> None:
     torch.set_num_threads(1)
     train = random_panel(rows, 250, seed=0)
     val = random_panel(rows // 7, 36, seed=1)
     if precision == "bf16":
         train = replace(train, emb=to_bf16_bits(train.emb))
         val = replace(val, emb=to_bf16_bits(val.emb))
-    cfg, tc = ModelConfig(), TrainConfig(precision=precision)
+    cfg, tc = model, TrainConfig(precision=precision)
     # torch.optim imports torch._dynamo when a process builds its first optimizer (~1 s, plus
     # the garbage collections it triggers): a once-per-process cost, timed apart from training.
     t = time.perf_counter()
@@ -156,31 +158,46 @@ def bench_trial(rows: int, precision: str, peak: dict[str, float]) -> None:
 
 
 def step_parts(train: Panel, cfg: ModelConfig, tc: TrainConfig, step_s: float) -> None:
-    """What a training step's biggest parts cost on their own: the row gather and the news
-    encoder's two big matmuls (forward, weight gradient), next to the whole step."""
+    """What a training step's irreducible parts cost on their own, next to the whole step: the
+    row gather and every matmul (each Linear's forward and weight gradient, and the gradient of
+    its input where the input needs one), the news encoder's first layer apart. Their sum is the
+    step's floor: its time if the elementwise ops, the dropout masks, the optimizer and Python
+    cost nothing."""
     rows = 2 * tc.batch_size
     emb = torch.from_numpy(train.emb)
-    w = torch.randn(cfg.news_hidden, emb.shape[1]) * 0.05
-    b = torch.zeros(cfg.news_hidden)
     x = torch.empty(rows, emb.shape[1])
+    layers = []  # (input, weight, bias, output gradient, input needs a gradient)
+    for n_in, n_out, needs_grad in linear_shapes(cfg):
+        a = x if n_in == emb.shape[1] and not needs_grad else torch.randn(rows, n_in)
+        layers.append((a, torch.randn(n_out, n_in) * 0.05, torch.zeros(n_out),
+                       torch.randn(rows, n_out), needs_grad))  # fmt: skip
     rng = np.random.default_rng(0)
-    gather = gemm = 0.0
+    gather = news = other = 0.0
     n = 200
     for _ in range(n):
         idx = torch.from_numpy(rng.integers(0, len(emb), rows))
         t0 = time.perf_counter()
         torch.index_select(emb, 0, idx, out=x)
-        t1 = time.perf_counter()
-        h = torch.addmm(b, x, w.t())  # (2B, 768) -> (2B, news_hidden)
-        h.t().mm(x)  # the weight gradient's shape: (news_hidden, 2B) @ (2B, 768)
-        t2 = time.perf_counter()
-        gather, gemm = gather + t1 - t0, gemm + t2 - t1
-    gather, gemm = gather / n, gemm / n
+        gather += time.perf_counter() - t0
+        for a, w, b, g, needs_grad in layers:
+            t0 = time.perf_counter()
+            torch.addmm(b, a, w.t())  # forward
+            _weight_grad(g, a)  # weight gradient, as the fused step computes it
+            if needs_grad:
+                g.mm(w)  # input gradient
+            if a is x:
+                news += time.perf_counter() - t0
+            else:
+                other += time.perf_counter() - t0
+    gather, news, other = gather / n, news / n, other / n
+    floor = gather + news + other
     flops = 2 * 2 * rows * emb.shape[1] * cfg.news_hidden
-    print(f"  the trial per step of {rows:,} rows (evaluations included): "
-          f"{step_s * 1e3:.2f} ms; alone, the news encoder's forward + weight-gradient matmuls "
-          f"{gemm * 1e3:.2f} ms ({flops / gemm / 1e9:.0f} GFLOP/s), the row gather "
-          f"{gather * 1e3:.2f} ms; everything else {(step_s - gemm - gather) * 1e3:.2f} ms")  # fmt: skip
+    print(f"  per step of {rows:,} rows: the trial {step_s * 1e3:.2f} ms (evaluations "
+          f"included); alone, the news encoder's first-layer matmuls {news * 1e3:.2f} ms "
+          f"({flops / news / 1e9:.0f} GFLOP/s), the other {len(layers) - 1} layers' matmuls "
+          f"{other * 1e3:.2f} ms, the row gather {gather * 1e3:.2f} ms: a floor of "
+          f"{floor * 1e3:.2f} ms ({floor / step_s:.0%} of the step); everything else "
+          f"{(step_s - floor) * 1e3:.2f} ms")  # fmt: skip
 
 
 def main() -> None:
@@ -189,14 +206,28 @@ def main() -> None:
     )
     p.add_argument("--rows", type=int, default=64_500)
     p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--model", nargs="*", default=[], metavar="K=V",
+                   help="model fields to change from the default config, e.g. news_latent=64 "
+                   "(the training and dropout stages' config at scale 1.0: fundamental_latent=64 "
+                   "price_latent=32 news_latent=64)")  # fmt: skip
     args = p.parse_args()
+    fields = {}
+    for kv in args.model:
+        key, sep, value = kv.partition("=")
+        if not sep:
+            p.error(f"--model {kv!r}: expected FIELD=VALUE, e.g. news_latent=64")
+        fields[key] = float(value) if "." in value else int(value)
+    try:
+        model = ModelConfig.from_dict({**ModelConfig().to_dict(), **fields})
+    except ConfigError as e:
+        p.error(f"--model: {e}")
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs visible")
     peak = peaks()
     rates = all_cores_peak()
     print(f"fp32 news fwd 1024x768 @ 768x128 on all {len(rates)} cores at once (one process "
           f"each): {' + '.join(f'{r:.0f}' for r in rates)} = {sum(rates):.0f} GFLOP/s")  # fmt: skip
     for precision in args.precision:
-        bench_trial(args.rows, precision, peak)
+        bench_trial(args.rows, precision, peak, model)
 
 
 if __name__ == "__main__":
