@@ -4,8 +4,8 @@
 
 On the spec's data (the default: the built-in synthetic market, scale 0.27), trains the spec's
 base model and train configs with seeds 0..N-1 in each precision (bf16: embeddings stored as
-bfloat16, the news encoder's matmuls in bf16 with fp32 accumulation, fp32 weights and optimizer
-state) and prints each run's val and test mean IC and IC Sharpe, each precision's mean and std
+bfloat16; on a CPU with AMX the news encoder's matmuls run in bf16 with fp32 accumulation, on
+others the bf16 values are widened to fp32 for them; fp32 weights and optimizer state) and prints each run's val and test mean IC and IC Sharpe, each precision's mean and std
 over the seeds, and whether the two means are within one std of each other, with the time of
 each run on one thread.
 """
@@ -20,6 +20,7 @@ import time
 import numpy as np
 import torch
 
+from ranker.device import bf16_matmul_pays
 from ranker.metrics import daily, summarize
 from ranker.train import fit, score
 from search import spec as specmod
@@ -55,7 +56,9 @@ def main() -> None:
             results[precision].append(row)
             print(f"{precision} seed {seed}: " + "  ".join(f"{k} {v:+.4f}" for k, v in row.items())
                   + f"  ({seconds:.1f} s, {len(ds.train):,} train rows, 1 thread)", flush=True)  # fmt: skip
-    print(f"\nmean ± std over {args.seeds} seeds (ddof=1), on {os.path.basename(source)}:")
+    how = "bf16 matmuls" if bf16_matmul_pays("cpu") else "bf16 values in fp32 matmuls (no AMX)"
+    print(f"\nmean ± std over {args.seeds} seeds (ddof=1), on {os.path.basename(source)}; "
+          f"bf16 here: {how}:")  # fmt: skip
     for key in results["fp32"][0]:
         stats = {}
         for precision, rows in results.items():

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ranker.config import ConfigError
+from ranker.device import bf16_matmul_pays
 from ranker.model import ModelConfig, MultiBranchRanker, _weight_grad
 from ranker.panel import Panel, to_bf16_bits
 from ranker.train import TrainConfig, fit
@@ -147,7 +148,11 @@ def bench_trial(rows: int, precision: str, peak: dict[str, float], model: ModelC
     evals = len(result.history)
     flops = train_flops(cfg, pairs_rows, tc.epochs, len(val), evals)
     achieved = flops / wall / 1e9
-    print(f"trial ({precision}): {rows:,} train rows x {tc.epochs} epochs (+{evals} evals of "
+    how = precision
+    if precision == "bf16":
+        how += (": bf16 matmuls" if bf16_matmul_pays("cpu") else
+                ": bf16 embeddings widened to fp32 for the matmuls, as on any CPU without AMX")  # fmt: skip
+    print(f"trial ({how}): {rows:,} train rows x {tc.epochs} epochs (+{evals} evals of "
           f"{len(val):,} rows), 1 thread: {wall:.2f} s (+{import_s:.2f} s once per process for "
           f"torch's optimizer imports)")  # fmt: skip
     print(f"  {flops / 1e9:,.0f} GFLOP -> {achieved:.1f} GFLOP/s = "

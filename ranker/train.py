@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ranker.config import ConfigError, strict_from_dict
+from ranker.device import bf16_matmul_pays
 from ranker.metrics import Daily, daily, summarize
 from ranker.model import ModelConfig, MultiBranchRanker
 from ranker.pairs import sample_pairs
@@ -47,7 +48,7 @@ class TrainConfig:
     metric: str = "ic_sharpe"
     k: int = 5
     seed: int = 0
-    precision: str = "fp32"  # fp32 | bf16: embeddings stored and multiplied in bfloat16
+    precision: str = "fp32"  # fp32 | bf16: embeddings stored in bfloat16 (see `fit`)
     cuda_graphs: bool = True  # on a GPU, replay each step as one captured CUDA graph
 
     def __post_init__(self) -> None:
@@ -209,12 +210,18 @@ def fit(
         elapsed = float(resume["seconds"])
 
     fund, price, emb = (as_tensor(a).to(device) for a in (train.fund, train.price, train.emb))
-    # The news inputs of a step in the precision the config asks for, whatever the Panel holds.
-    x_dtype = torch.bfloat16 if tc.precision == "bf16" else torch.float32
+    # A step's news inputs hold bf16 values when the config asks for bf16, whatever the Panel
+    # holds, and are multiplied in bf16 where that beats fp32 (GPUs, AMX CPUs). Elsewhere they
+    # are widened to fp32 after the gather: an fp32 matmul multiplies the same bf16 values
+    # exactly (their products fit fp32's mantissa), at the fp32 rate; the weights stay fp32.
+    bf16 = tc.precision == "bf16"
+    x_dtype = torch.bfloat16 if bf16 and bf16_matmul_pays(device) else torch.float32
     # Each step gathers its rows into the same buffers: faster than a fresh 3 MB a step.
-    bufs = [torch.empty(2 * tc.batch_size, t.shape[1], dtype=t.dtype, device=device)
+    rows_max = 2 * tc.batch_size
+    bufs = [torch.empty(rows_max, t.shape[1], dtype=t.dtype, device=device)
             for t in (price, fund, emb)]  # fmt: skip
-    cast = torch.empty(2 * tc.batch_size, emb.shape[1], dtype=x_dtype, device=device)
+    casts = [torch.empty(rows_max, emb.shape[1], dtype=d, device=device)
+             for d in (torch.bfloat16, x_dtype)]  # fmt: skip
     graph: CudaGraphStep | None = None
     smooth = tc.label_smoothing
     t0 = time.perf_counter() - elapsed
@@ -232,8 +239,10 @@ def fit(
             # index_select is a plain row gather, ~5x faster than advanced indexing here.
             x = [torch.index_select(t, 0, rows, out=b[: len(rows)])
                  for t, b in zip((price, fund, emb), bufs, strict=True)]  # fmt: skip
+            if bf16 and x[2].dtype != torch.bfloat16:  # round to bf16 values
+                x[2] = casts[0][: len(rows)].copy_(x[2])
             if x[2].dtype != x_dtype:
-                x[2] = cast[: len(rows)].copy_(x[2])
+                x[2] = casts[1][: len(rows)].copy_(x[2])
             y = target[s : s + tc.batch_size]
             if graphed and len(y) == tc.batch_size:  # a full batch: replay the captured step
                 if graph is None:

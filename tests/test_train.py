@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from ranker.device import bf16_matmul_pays
 from ranker.metrics import evaluate_bounds
 from ranker.model import ModelConfig, MultiBranchRanker
 from ranker.pairs import sample_pairs
+from ranker.panel import from_bf16_bits, to_bf16_bits
 from ranker.train import TrainConfig, fit, score
 
 SMALL = ModelConfig(fund_hidden=16, price_hidden=8, news_hidden=16, fundamental_latent=8,
@@ -83,6 +87,27 @@ def test_fit_is_reproducible(tiny_dataset):
         a.model.state_dict().items(), b.model.state_dict().items(), strict=True
     ):
         assert torch.equal(va, vb), ka
+
+
+@pytest.mark.skipif(bf16_matmul_pays("cpu"), reason="this CPU multiplies bf16 natively (AMX)")
+def test_bf16_without_amx_trains_on_bf16_values_in_fp32(tiny_dataset):
+    """Where bf16 matmuls do not pay, precision=bf16 is fp32 training on the embeddings rounded
+    to bf16, exactly, whether the Panel holds fp32 (rounded each step) or bf16 bits."""
+    tc = TrainConfig(epochs=2, eval_every=1, batch_size=256)
+    train, val = tiny_dataset.train, tiny_dataset.val
+    rounded = replace(train, emb=from_bf16_bits(to_bf16_bits(train.emb)))
+    assert not np.array_equal(rounded.emb, train.emb)  # the rounding changes the inputs
+    runs = [
+        fit(SMALL, tc, rounded, val),
+        fit(SMALL, replace(tc, precision="bf16"), train, val),
+        fit(SMALL, replace(tc, precision="bf16"), replace(train, emb=to_bf16_bits(train.emb)), val),
+    ]
+    unrounded = fit(SMALL, tc, train, val)
+    assert unrounded.metrics != runs[0].metrics
+    for r in runs[1:]:
+        assert r.metrics == runs[0].metrics
+        for k, v in runs[0].model.state_dict().items():
+            assert torch.equal(v, r.model.state_dict()[k]), k
 
 
 def test_resume_continues_exactly(tiny_dataset):
