@@ -423,7 +423,20 @@ def load(
     if not isinstance(raw, dict):
         raise SpecError(source, [f"expected a mapping of sections, got {type(raw).__name__}"])
     raw = apply_overrides(raw, overrides or [])
-    return from_dict(raw, source, require_stages)
+    try:
+        return from_dict(raw, source, require_stages)
+    except SpecError as e:
+        # Say which problems a command-line override made, not only the file's name.
+        keys = [o.partition("=")[0].strip() for o in overrides or []]
+        errors = [f"{err} (set on the command line)" if _about(err, keys) else err
+                  for err in e.errors]  # fmt: skip
+        raise SpecError(e.source, errors) from None
+
+
+def _about(error: str, keys: list[str]) -> bool:
+    """Whether a spec error is about one of the dotted keys (its first word names the key)."""
+    return any(error.startswith(k) and error[len(k) : len(k) + 1] in ("", "=", ":", ".")
+               for k in keys)  # fmt: skip
 
 
 def bundled_specs() -> list[str]:

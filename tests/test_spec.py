@@ -54,6 +54,15 @@ def test_overrides():
     assert sp.stage("dropout").grid["news_dropout"] == (0.1, 0.2) and sp.stage("dropout").seeds == 3
 
 
+def test_bad_override_is_attributed_to_the_command_line():
+    with pytest.raises(specmod.SpecError) as e:
+        specmod.load(CONFIGS[0], ["train.precision=fp16", "train.epochs=3"])
+    assert e.value.errors == [
+        "train.precision='fp16': must be one of ['fp32', 'bf16'] (set on the command line)"
+    ]
+    assert str(e.value).startswith(f"{CONFIGS[0]}: train.precision='fp16'")
+
+
 BAD = """
 data: {source: null, colour: red}
 model: {fund_hidden: -3, n_embedding_dim: 12}
@@ -120,7 +129,7 @@ def test_every_grid_value_is_checked_before_ray(tmp_path):
                                   "stages.training.grid.learning_rate=[0.001, 0]",
                                   "train.epochs=0"])  # fmt: skip
     errors = e.value.errors
-    assert "train.epochs=0: must be a positive integer" in errors
+    assert "train.epochs=0: must be a positive integer (set on the command line)" in errors
     assert any(x.startswith("stages.dropout.grid.news_dropout=1.5: model.news_dropout=1.5")
                for x in errors)  # fmt: skip
     assert any(x.startswith("stages.dropout.grid.news_dropout=-0.2:") for x in errors)
