@@ -5,9 +5,10 @@
 On the spec's data (the default: the built-in synthetic market, scale 0.27), trains the spec's
 base model and train configs with seeds 0..N-1 in each precision (bf16: embeddings stored as
 bfloat16; on a CPU with AMX the news encoder's matmuls run in bf16 with fp32 accumulation, on
-others the bf16 values are widened to fp32 for them; fp32 weights and optimizer state) and prints each run's val and test mean IC and IC Sharpe, each precision's mean and std
-over the seeds, and whether the two means are within one std of each other, with the time of
-each run on one thread.
+others the bf16 values are widened to fp32 for them; fp32 weights and optimizer state) and
+prints each run's val and test mean IC and IC Sharpe, each precision's mean and std over the
+seeds, and whether the two means are within one std of each other, with the time of each run on
+one thread.
 """
 
 from __future__ import annotations

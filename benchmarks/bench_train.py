@@ -221,7 +221,10 @@ def main() -> None:
         key, sep, value = kv.partition("=")
         if not sep:
             p.error(f"--model {kv!r}: expected FIELD=VALUE, e.g. news_latent=64")
-        fields[key] = float(value) if "." in value else int(value)
+        try:
+            fields[key] = float(value) if "." in value else int(value)
+        except ValueError:
+            p.error(f"--model {kv!r}: {value!r} is not a number")
     try:
         model = ModelConfig.from_dict({**ModelConfig().to_dict(), **fields})
     except ConfigError as e:
