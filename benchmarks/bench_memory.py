@@ -19,8 +19,8 @@ import ray
 
 from search import driver
 from search import spec as specmod
-from search.data import load_data
 from search.rundir import RunDir
+from search.source import load_data
 from search.stages import run_stage
 
 

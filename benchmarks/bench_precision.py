@@ -21,11 +21,11 @@ import time
 import numpy as np
 import torch
 
+from ranker.backtest import backtest
 from ranker.device import bf16_matmul_pays
-from ranker.metrics import daily, summarize
 from ranker.train import fit, score
 from search import spec as specmod
-from search.data import data_source, load_data
+from search.source import data_source, load_data
 
 KEYS = ("mean_ic", "ic_sharpe")
 
@@ -51,8 +51,7 @@ def main() -> None:
             t = time.perf_counter()
             r = fit(sp.model, tc, ds.train, ds.val)
             seconds = time.perf_counter() - t
-            test = summarize(daily(ds.test.bounds, score(r.model, ds.test), ds.test.returns,
-                                   k=tc.k))  # fmt: skip
+            test = backtest(ds.test, score(r.model, ds.test), tc.k).metrics
             row = {f"val_{k}": r.metrics[k] for k in KEYS} | {f"test_{k}": test[k] for k in KEYS}
             results[precision].append(row)
             print(f"{precision} seed {seed}: " + "  ".join(f"{k} {v:+.4f}" for k, v in row.items())

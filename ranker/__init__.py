@@ -10,8 +10,9 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-_SUBMODULES = ("checkpoint", "config", "costs", "data", "device", "metrics", "model", "overfit", "pairs",
-               "panel", "schema", "split", "storage", "synth", "train", "universe")  # fmt: skip
+_SUBMODULES = ("backtest", "checkpoint", "config", "costs", "data", "device", "metrics", "model",
+               "overfit_stats", "pairs", "panel", "schema", "split", "storage", "synth", "train",
+               "universe")  # fmt: skip
 __all__ = list(_SUBMODULES)
 
 

@@ -126,9 +126,9 @@ def turnover(d: Daily, symbol_ids: np.ndarray) -> Turnover:
     """Daily turnover of the long and short books between consecutive kept dates.
 
     Args:
-        d: per-date books from `metrics.daily` (or `daily_by_date`).
+        d: per-date books from `metrics.daily`.
         symbol_ids: (N,) int symbol of each row the Daily's row indices point into (a Panel's
-            `symbol_ids`, or the unsorted input's for `daily_by_date`).
+            `symbol_ids`).
 
     Returns:
         The `Turnover` series, one value per kept date.

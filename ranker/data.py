@@ -159,6 +159,39 @@ def _symbol_codes(
 # ---------------------------------------------------------------- loading
 
 
+@dataclass(frozen=True, eq=False)
+class _Inputs:
+    """The two files, opened and their columns checked, and the resolved feature columns."""
+
+    source: str
+    dataset: pq.ParquetFile
+    dataset_uri: str
+    prices: pq.ParquetFile
+    prices_uri: str
+    columns: FeatureColumns
+
+
+@dataclass(frozen=True, eq=False)
+class _Keys:
+    """The key columns of every dataset row and every prices row, as numpy, checked.
+
+    Symbols are int32 codes into `symbols` (the sorted union of both files' symbols)."""
+
+    days: np.ndarray  # (N,) int64 feature_date as days since 1970-01-01
+    sym: np.ndarray  # (N,) int32
+    target: np.ndarray  # (N,) float64 log return
+    symbols: list[str]
+    symbol_array: pa.Array
+    p_days: np.ndarray  # (M,) int64
+    p_sym: np.ndarray  # (M,) int32
+    close: np.ndarray  # (M,) float64
+    volume: np.ndarray  # (M,) float64
+
+    def row(self, i: int) -> str:
+        """Dataset row `i` named for a message."""
+        return _row_desc(self.days, self.symbols, self.sym, i)
+
+
 def load(
     source: str | os.PathLike,
     universe: UniverseConfig | None = None,
@@ -170,6 +203,9 @@ def load(
     bf16: bool = False,
 ) -> Dataset:
     """Load `ml_dataset.pqt` and `prices.pqt` from a directory or URI into Panels.
+
+    Open and check the files -> read and check the keys -> the liquid universe -> the split
+    dates -> stream the features of the rows kept -> Panels.
 
     Args:
         source: a local directory, or a URI pyarrow.fs understands (file://, s3://, gs://).
@@ -189,195 +225,227 @@ def load(
     universe = universe or UniverseConfig()
     split = split or SplitConfig()
     say = log or (lambda _msg: None)
-    source = os.fspath(source)
-
-    ds_file, ds_uri = _open(source, schema.DATASET_FILE)
-    pr_file, pr_uri = _open(source, schema.PRICES_FILE)
-    names = ds_file.schema_arrow.names
-    _require(
-        ds_file,
-        ds_uri,
-        [schema.DATE, schema.SYMBOL, schema.TARGET],
-        "the dataset needs feature_date, symbol and target_return (a log return).",
-    )
-    try:
-        columns = schema.resolve_features(names, ds_uri)
-    except ValueError as e:
-        raise DataError(str(e)) from e
-    _require_numeric(ds_file, ds_uri, [schema.TARGET, *columns.all])
-    _require(
-        pr_file,
-        pr_uri,
-        [schema.SYMBOL, schema.PRICE_DATE, schema.CLOSE, schema.VOLUME],
-        "the prices file needs symbol, date, close and volume.",
-    )
-    _require_numeric(pr_file, pr_uri, [schema.CLOSE, schema.VOLUME])
-
-    # Keys of every dataset row: cheap, three columns.
-    keys = ds_file.read(columns=[schema.DATE, schema.SYMBOL, schema.TARGET], use_threads=threads)
-    row_days = _to_days(keys.column(schema.DATE), ds_uri, schema.DATE)
-    target = _numpy(keys.column(schema.TARGET)).astype(np.float64)
-    prices = pr_file.read(
-        columns=[schema.SYMBOL, schema.PRICE_DATE, schema.CLOSE, schema.VOLUME],
-        use_threads=threads,
-    )
-    (row_sym, p_sym), symbol_array = _symbol_codes(
-        (keys.column(schema.SYMBOL), ds_uri), (prices.column(schema.SYMBOL), pr_uri)
-    )
-    del keys
-    symbols = symbol_array.to_pylist()
-    n_sym = len(symbols)
-    n_rows = len(target)
-    if n_rows == 0:
-        raise DataError(
-            f"{ds_uri}: the file has no rows. Fix: point --data at a non-empty dataset."
-        )
-    bad = ~np.isfinite(target)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise DataError(
-            f"{ds_uri}: column {schema.TARGET!r} has {int(bad.sum())} non-finite value(s), e.g. "
-            f"{_row_desc(row_days, symbols, row_sym, i)} = {target[i]}. Fix: drop those rows or "
-            f"fill the returns."
-        )
-
-    p_days = _to_days(prices.column(schema.PRICE_DATE), pr_uri, schema.PRICE_DATE)
-    close = _numpy(prices.column(schema.CLOSE)).astype(np.float64)
-    volume = _numpy(prices.column(schema.VOLUME)).astype(np.float64)
-    del prices
-    for name, arr in ((schema.CLOSE, close), (schema.VOLUME, volume)):
-        bad = ~np.isfinite(arr) | (arr < 0)
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise DataError(
-                f"{pr_uri}: column {name!r} has {int(bad.sum())} missing, negative or non-finite "
-                f"value(s), e.g. row {i} (symbol={symbols[p_sym[i]]!r}, "
-                f"date={np.datetime64(int(p_days[i]), 'D')}) = {arr[i]}. Fix: clean the prices file."
-            )
-
-    # Duplicate (feature_date, symbol) rows would double-weight a name on a date.
-    pair_key = row_days * np.int64(n_sym) + row_sym
-    order = np.argsort(pair_key, kind="stable")
-    dup = np.flatnonzero(pair_key[order][1:] == pair_key[order][:-1])
-    if len(dup):
-        i = int(order[dup[0] + 1])
-        raise DataError(
-            f"{ds_uri}: {len(dup)} duplicate (feature_date, symbol) row(s), e.g. "
-            f"{_row_desc(row_days, symbols, row_sym, i)}. Fix: keep one row per symbol and date."
-        )
-
-    # Universe.
-    dollar_volume = close * volume
-    in_prices = np.zeros(n_sym, dtype=bool)
-    in_prices[p_sym] = True
-    no_prices = ~in_prices[row_sym]
-    if universe.mode == "full_period":
-        liquid_sym, mean_dv = full_period_liquid(p_sym, dollar_volume, n_sym, universe.threshold)
-        liquid = liquid_sym[row_sym]
-        best = np.nanmax(mean_dv) if in_prices.any() else 0.0
-    else:
-        liquid = trailing_liquid(
-            p_sym, p_days, dollar_volume, row_sym, row_days, universe.threshold, universe.window
-        )
-        best = float("nan")
-    if not liquid.any():
-        hint = (
-            f"the most liquid symbol's mean dollar volume is ${best:,.0f}"
-            if universe.mode == "full_period"
-            else f"no row has {universe.window} trading days of history above it"
-        )
-        raise DataError(
-            f"{pr_uri}: the liquid universe is empty at universe.threshold=${universe.threshold:,.0f} "
-            f"(mode {universe.mode}; {hint}). Fix: lower universe.threshold, or check that "
-            f"{schema.PRICES_FILE} symbols match {schema.DATASET_FILE}."
-        )
-    liquid_dates = np.unique(row_days[liquid])
-    try:
-        val_start, test_start = split_dates(liquid_dates, split)
-    except ValueError as e:
-        raise DataError(f"{ds_uri}: {e}") from e
+    inputs = _open_inputs(os.fspath(source))
+    keys = _read_keys(inputs, threads)
+    liquid = _liquid_rows(keys, universe, inputs.prices_uri)
+    val_start, test_start = _split_starts(keys, liquid, split, inputs.dataset_uri)
+    no_prices = _rows_without_prices(keys)
+    liquid_dates = np.unique(keys.days[liquid])
     say(
         f"universe {universe.mode} >= ${universe.threshold / 1e6:,.0f}M: {int(liquid.sum()):,} of "
-        f"{n_rows:,} rows, {len(np.unique(row_sym[liquid])):,} symbols, {len(liquid_dates):,} dates"
+        f"{len(keys.days):,} rows, {len(np.unique(keys.sym[liquid])):,} symbols, "
+        f"{len(liquid_dates):,} dates"
         + (
             f"; {int(no_prices.sum()):,} rows have no prices (not liquid)"
             if no_prices.any()
             else ""
         )
     )
-
-    want_full = full_universe & (row_days < val_start)
-    select = liquid | want_full
-    feats = _read_features(
-        ds_file,
-        ds_uri,
-        columns,
-        select,
-        split.news_only,
-        (row_days, symbols, row_sym),
-        say,
-        threads,
-        bf16,
-    )
-    rows = feats["rows"]
-
+    want_full = full_universe & (keys.days < val_start)
+    feats = _read_features(inputs.dataset, inputs.dataset_uri, inputs.columns, liquid | want_full,
+                           split.news_only, keys, say, threads, bf16)  # fmt: skip
+    rows = feats.pop("rows")
     oracle = None
-    if storage.is_file(storage.join(source, schema.ORACLE_FILE)):
-        oracle = _read_oracle(source, row_days[rows], row_sym[rows], symbol_array)
+    if storage.is_file(storage.join(inputs.source, schema.ORACLE_FILE)):
+        oracle = _read_oracle(inputs.source, keys.days[rows], keys.sym[rows], keys.symbol_array)
+    block = {**feats, "days": keys.days[rows], "sym": keys.sym[rows],
+             "ret": np.expm1(keys.target[rows]), "oracle": oracle}  # fmt: skip
+    del feats
+    symbols = tuple(str(s) for s in keys.symbols)
+    days, kept_liquid = block["days"], liquid[rows]
+    train = _panel(block, kept_liquid & (days < val_start), symbols)
+    val = _panel(block, kept_liquid & (days >= val_start) & (days < test_start), symbols)
+    test = _panel(block, kept_liquid & (days >= test_start), symbols)
+    full_train = _panel(block, want_full[rows], symbols) if full_universe else None
+    del block
+    _check_splits(train, val, test, inputs.dataset_uri)
+    info = _describe(inputs.source, keys, liquid, no_prices, train, val, test, full_train)
+    info["has_oracle"] = oracle is not None
+    say(
+        f"split (liquid, news only): train {len(train):,} rows ({_date_range(train)}), "
+        f"val {len(val):,} ({_date_range(val)}), test {len(test):,} ({_date_range(test)})"
+    )
+    return Dataset(train, val, test, inputs.columns, universe, split, full_train, info)
 
-    base = {
-        "fund": feats["fund"],
-        "price": feats["price"],
-        "emb": feats["emb"],
-        "rows": rows,
-        "days": row_days[rows],
-        "sym": row_sym[rows],
-        "ret": np.expm1(target[rows]),
-        "oracle": oracle,
-    }
-    symbols_t = tuple(str(s) for s in symbols)
-    r_days = base["days"]
-    r_liquid = liquid[rows]
-    train = _panel(base, r_liquid & (r_days < val_start), symbols_t)
-    val = _panel(base, r_liquid & (r_days >= val_start) & (r_days < test_start), symbols_t)
-    test = _panel(base, r_liquid & (r_days >= test_start), symbols_t)
-    full_train = _panel(base, want_full[rows], symbols_t) if full_universe else None
-    del base, feats
 
+def _open_inputs(source: str) -> _Inputs:
+    """Open both files and check their columns: names, and numbers where numbers are due.
+
+    Raises:
+        DataError: a missing file or column, or a non-numeric feature, target or price.
+    """
+    ds_file, ds_uri = _open(source, schema.DATASET_FILE)
+    pr_file, pr_uri = _open(source, schema.PRICES_FILE)
+    _require(ds_file, ds_uri, [schema.DATE, schema.SYMBOL, schema.TARGET],
+             "the dataset needs feature_date, symbol and target_return (a log return).")  # fmt: skip
+    try:
+        columns = schema.resolve_features(ds_file.schema_arrow.names, ds_uri)
+    except ValueError as e:
+        raise DataError(str(e)) from e
+    _require_numeric(ds_file, ds_uri, [schema.TARGET, *columns.all])
+    _require(pr_file, pr_uri, [schema.SYMBOL, schema.PRICE_DATE, schema.CLOSE, schema.VOLUME],
+             "the prices file needs symbol, date, close and volume.")  # fmt: skip
+    _require_numeric(pr_file, pr_uri, [schema.CLOSE, schema.VOLUME])
+    return _Inputs(source, ds_file, ds_uri, pr_file, pr_uri, columns)
+
+
+def _read_keys(inputs: _Inputs, threads: bool) -> _Keys:
+    """Read the dataset's keys and the prices, and check them.
+
+    Raises:
+        DataError: no rows, a missing symbol or date, a non-finite target, a missing,
+            negative or non-finite price or volume, or a duplicate (feature_date, symbol).
+    """
+    ds_uri, pr_uri = inputs.dataset_uri, inputs.prices_uri
+    keys = inputs.dataset.read(columns=[schema.DATE, schema.SYMBOL, schema.TARGET],
+                               use_threads=threads)  # fmt: skip
+    prices = inputs.prices.read(
+        columns=[schema.SYMBOL, schema.PRICE_DATE, schema.CLOSE, schema.VOLUME], use_threads=threads
+    )
+    (row_sym, p_sym), symbol_array = _symbol_codes(
+        (keys.column(schema.SYMBOL), ds_uri), (prices.column(schema.SYMBOL), pr_uri)
+    )
+    out = _Keys(
+        days=_to_days(keys.column(schema.DATE), ds_uri, schema.DATE),
+        sym=row_sym,
+        target=_numpy(keys.column(schema.TARGET)).astype(np.float64),
+        symbols=symbol_array.to_pylist(),
+        symbol_array=symbol_array,
+        p_days=_to_days(prices.column(schema.PRICE_DATE), pr_uri, schema.PRICE_DATE),
+        p_sym=p_sym,
+        close=_numpy(prices.column(schema.CLOSE)).astype(np.float64),
+        volume=_numpy(prices.column(schema.VOLUME)).astype(np.float64),
+    )
+    del keys, prices
+    if len(out.target) == 0:
+        raise DataError(
+            f"{ds_uri}: the file has no rows. Fix: point --data at a non-empty dataset."
+        )
+    bad = ~np.isfinite(out.target)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(
+            f"{ds_uri}: column {schema.TARGET!r} has {int(bad.sum())} non-finite value(s), e.g. "
+            f"{out.row(i)} = {out.target[i]}. Fix: drop those rows or fill the returns."
+        )
+    for name, arr in ((schema.CLOSE, out.close), (schema.VOLUME, out.volume)):
+        bad = ~np.isfinite(arr) | (arr < 0)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(
+                f"{pr_uri}: column {name!r} has {int(bad.sum())} missing, negative or non-finite "
+                f"value(s), e.g. row {i} (symbol={out.symbols[out.p_sym[i]]!r}, "
+                f"date={np.datetime64(int(out.p_days[i]), 'D')}) = {arr[i]}. Fix: clean the prices file."
+            )
+    # Duplicate (feature_date, symbol) rows would double-weight a name on a date.
+    pair_key = out.days * np.int64(len(out.symbols)) + out.sym
+    order = np.argsort(pair_key, kind="stable")
+    dup = np.flatnonzero(pair_key[order][1:] == pair_key[order][:-1])
+    if len(dup):
+        raise DataError(
+            f"{ds_uri}: {len(dup)} duplicate (feature_date, symbol) row(s), e.g. "
+            f"{out.row(int(order[dup[0] + 1]))}. Fix: keep one row per symbol and date."
+        )
+    return out
+
+
+def _rows_without_prices(keys: _Keys) -> np.ndarray:
+    """(N,) bool: dataset rows whose symbol has no row in the prices file."""
+    in_prices = np.zeros(len(keys.symbols), dtype=bool)
+    in_prices[keys.p_sym] = True
+    return ~in_prices[keys.sym]
+
+
+def _liquid_rows(keys: _Keys, universe: UniverseConfig, prices_uri: str) -> np.ndarray:
+    """(N,) bool: the dataset rows in the liquid universe.
+
+    Raises:
+        DataError: no row is liquid.
+    """
+    dollar_volume = keys.close * keys.volume
+    n_sym = len(keys.symbols)
+    if universe.mode == "full_period":
+        liquid_sym, mean_dv = full_period_liquid(keys.p_sym, dollar_volume, n_sym,
+                                                 universe.threshold)  # fmt: skip
+        liquid = liquid_sym[keys.sym]
+        hint = (
+            f"the most liquid symbol's mean dollar volume is ${np.nanmax(mean_dv, initial=0):,.0f}"
+        )
+    else:
+        liquid = trailing_liquid(keys.p_sym, keys.p_days, dollar_volume, keys.sym, keys.days,
+                                 universe.threshold, universe.window)  # fmt: skip
+        hint = f"no row has {universe.window} trading days of history above it"
+    if not liquid.any():
+        raise DataError(
+            f"{prices_uri}: the liquid universe is empty at universe.threshold=${universe.threshold:,.0f} "
+            f"(mode {universe.mode}; {hint}). Fix: lower universe.threshold, or check that "
+            f"{schema.PRICES_FILE} symbols match {schema.DATASET_FILE}."
+        )
+    return liquid
+
+
+def _split_starts(
+    keys: _Keys, liquid: np.ndarray, split: SplitConfig, dataset_uri: str
+) -> tuple[np.datetime64, np.datetime64]:
+    """The first val and test day numbers, from the liquid rows' dates.
+
+    Raises:
+        DataError: too few liquid dates for the split.
+    """
+    try:
+        return split_dates(np.unique(keys.days[liquid]), split)
+    except ValueError as e:
+        raise DataError(f"{dataset_uri}: {e}") from e
+
+
+def _check_splits(train: Panel, val: Panel, test: Panel, dataset_uri: str) -> None:
+    """Every split has a date with enough names: 2 to pair (train), 10 for the metrics.
+
+    Raises:
+        DataError: a split without such a date.
+    """
     for name, p in (("train", train), ("val", val), ("test", test)):
         sizes = np.diff(p.bounds)
         need = 2 if name == "train" else 10
         if len(p) == 0 or sizes.max() < need:
             raise DataError(
-                f"{ds_uri}: the {name} split has {len(p):,} liquid news row(s) and no date with "
-                f"{need}+ names ({'pairs' if name == 'train' else 'metrics'} need them). Fix: "
-                f"provide more symbols with news, or lower universe.threshold."
+                f"{dataset_uri}: the {name} split has {len(p):,} liquid news row(s) and no date "
+                f"with {need}+ names ({'pairs' if name == 'train' else 'metrics'} need them). "
+                f"Fix: provide more symbols with news, or lower universe.threshold."
             )
 
-    def _range(p: Panel) -> str:
-        return f"{p.dates[0]} to {p.dates[-1]}" if p.n_dates else "-"
 
-    info = {
+def _describe(
+    source: str,
+    keys: _Keys,
+    liquid: np.ndarray,
+    no_prices: np.ndarray,
+    train: Panel,
+    val: Panel,
+    test: Panel,
+    full_train: Panel | None,
+) -> dict[str, Any]:
+    """What a load found, for run.json and the report: sizes of the data, the universe and
+    each split."""
+    return {
         "source": source,
-        "rows": n_rows,
-        "symbols": n_sym,
+        "rows": len(keys.days),
+        "symbols": len(keys.symbols),
         "liquid_rows": int(liquid.sum()),
-        "liquid_symbols": len(np.unique(row_sym[liquid])),
+        "liquid_symbols": len(np.unique(keys.sym[liquid])),
         "rows_without_prices": int(no_prices.sum()),
         "train_rows": len(train),
         "val_rows": len(val),
         "test_rows": len(test),
-        "train_dates": _range(train),
-        "val_dates": _range(val),
-        "test_dates": _range(test),
+        "train_dates": _date_range(train),
+        "val_dates": _date_range(val),
+        "test_dates": _date_range(test),
         "full_train_rows": len(full_train) if full_train is not None else None,
-        "has_oracle": oracle is not None,
     }
-    say(
-        f"split (liquid, news only): train {len(train):,} rows ({_range(train)}), "
-        f"val {len(val):,} ({_range(val)}), test {len(test):,} ({_range(test)})"
-    )
-    return Dataset(train, val, test, columns, universe, split, full_train, info)
+
+
+def _date_range(p: Panel) -> str:
+    return f"{p.dates[0]} to {p.dates[-1]}" if p.n_dates else "-"
 
 
 def _read_features(
@@ -386,7 +454,7 @@ def _read_features(
     columns: FeatureColumns,
     select: np.ndarray,
     news_only: bool,
-    where: tuple[np.ndarray, list[str], np.ndarray],
+    keys: _Keys,
     say: Callable[[str], None],
     threads: bool,
     bf16: bool,
@@ -399,7 +467,7 @@ def _read_features(
     the kept rows only (rows outside the universe may hold anything).
 
     Args:
-        where: (row days, symbols, row symbol codes), to name a bad row.
+        keys: the dataset's keys, to name a bad row.
         bf16: keep the embedding block as bfloat16 bits (uint16), converted batch by batch.
     """
     groups = {"emb": list(columns.emb), "fund": list(columns.fund), "price": list(columns.price)}
@@ -434,7 +502,7 @@ def _read_features(
                 i = offset + int(idx[r])
                 raise DataError(
                     f"{uri}: column {cols[c]!r} has a missing or non-finite value at "
-                    f"{_row_desc(where[0], where[1], where[2], i)}: {block[r, c]}. Fix: fill or "
+                    f"{keys.row(i)}: {block[r, c]}. Fix: fill or "
                     f"drop non-finite features (z-scores should be finite; use 0 for missing)."
                 )
             dest = out[g][kept : kept + len(idx)]

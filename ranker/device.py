@@ -1,16 +1,47 @@
-"""Device helpers for a training process: whether bf16 matmuls pay on this device, a GPU memory
-cap that counts the CUDA context, the GPU's name and peak memory, and releasing cached memory
-between trials. No Ray here."""
+"""Device helpers for a training process: the one setup of a process that trains with a trial's
+resources (`setup`), whether bf16 matmuls pay on a device, a GPU memory cap that counts the CUDA
+context, the GPU's name and peak memory, and releasing cached memory between trials. No Ray
+here."""
 
 from __future__ import annotations
 
 import functools
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
 import torch
 
 CUDA_CONTEXT_MB = 600  # what a process's CUDA context takes on the card, beside its tensors
+
+
+class NoCudaDevice(RuntimeError):
+    """A GPU share was reserved but this process sees no CUDA device."""
+
+
+def setup(cpus: float, gpu: float) -> str:
+    """Set this process up to train with the resources it reserved; its device.
+
+    torch uses `int(cpus)` threads (at least one); with a GPU share (`gpu` > 0) the device is
+    'cuda' and, for a share below one card, its memory is capped to that share
+    (`cap_gpu_memory`).
+
+    Raises:
+        NoCudaDevice: a GPU share was reserved but torch sees no CUDA device.
+    """
+    torch.set_num_threads(max(1, int(cpus)))
+    if gpu <= 0:
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise NoCudaDevice(
+            f"resources.gpu={gpu:g} was reserved but torch sees no CUDA device on "
+            f"{socket.gethostname()} (torch {torch.__version__}, "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}). Fix: install a "
+            f"CUDA build of torch on the GPU nodes, or run with resources.gpu=0."
+        )
+    cap_gpu_memory(gpu)
+    return "cuda"
 
 
 def bf16_matmul_pays(device: str | torch.device) -> bool:

@@ -97,16 +97,53 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
-def _encoder(
-    n_in: int, hidden: int, latent: int, dropout: float, rng: list[np.random.Generator]
-) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Linear(n_in, hidden),
-        nn.ReLU(),
-        Dropout(dropout, rng),
-        nn.Linear(hidden, latent),
-        nn.ReLU(),
-    )
+class _Block(nn.Sequential):
+    """Linear - ReLU - Dropout - Linear (- ReLU): a Sequential, so its state-dict keys are the
+    notebook's (`0.weight`, `3.bias`). Its layers are named here and nowhere else (`hidden`,
+    `dropout`, and `second`, which `Encoder` calls `latent` and `Head` calls `out`), so code that
+    needs a layer, the fused CPU step, asks for it by name."""
+
+    @property
+    def hidden(self) -> nn.Linear:
+        return self[0]
+
+    @property
+    def dropout(self) -> Dropout:
+        return self[2]
+
+    @property
+    def second(self) -> nn.Linear:
+        return self[3]
+
+
+class Encoder(_Block):
+    """Linear(n_in, hidden) - ReLU - Dropout - Linear(hidden, latent) - ReLU."""
+
+    def __init__(
+        self, n_in: int, hidden: int, latent: int, dropout: float, rng: list[np.random.Generator]
+    ) -> None:
+        super().__init__(
+            nn.Linear(n_in, hidden), nn.ReLU(), Dropout(dropout, rng), nn.Linear(hidden, latent),
+            nn.ReLU(),
+        )  # fmt: skip
+
+    @property
+    def latent(self) -> nn.Linear:
+        return self.second
+
+
+class Head(_Block):
+    """Linear(fused, 32) - ReLU - Dropout(0.1) - Linear(32, 1): the score from the latents."""
+
+    def __init__(self, fused: int, rng: list[np.random.Generator]) -> None:
+        super().__init__(
+            nn.Linear(fused, HEAD_HIDDEN), nn.ReLU(), Dropout(HEAD_DROPOUT, rng),
+            nn.Linear(HEAD_HIDDEN, 1),
+        )  # fmt: skip
+
+    @property
+    def out(self) -> nn.Linear:
+        return self.second
 
 
 class MultiBranchRanker(nn.Module):
@@ -116,24 +153,34 @@ class MultiBranchRanker(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self._rng = [np.random.default_rng(0)]
-        self.fund_encoder = _encoder(
-            c.n_fundamental_features, c.fund_hidden, c.fundamental_latent,
-            c.fundamental_dropout, self._rng,
+        rng = [np.random.default_rng(0)]  # one generator, shared by every Dropout
+        self._rng = rng
+        self.fund_encoder = Encoder(
+            c.n_fundamental_features, c.fund_hidden, c.fundamental_latent, c.fundamental_dropout,
+            rng,
         )  # fmt: skip
-        self.price_encoder = _encoder(
-            c.n_price_features, c.price_hidden, c.price_latent, c.price_dropout, self._rng
+        self.price_encoder = Encoder(
+            c.n_price_features, c.price_hidden, c.price_latent, c.price_dropout, rng
         )
-        self.news_encoder = _encoder(
-            c.n_embedding_dim, c.news_hidden, c.news_latent, c.news_dropout, self._rng
+        self.news_encoder = Encoder(
+            c.n_embedding_dim, c.news_hidden, c.news_latent, c.news_dropout, rng
         )
-        fused = c.fundamental_latent + c.price_latent + c.news_latent
-        self.output_head = nn.Sequential(
-            nn.Linear(fused, HEAD_HIDDEN),
-            nn.ReLU(),
-            Dropout(HEAD_DROPOUT, self._rng),
-            nn.Linear(HEAD_HIDDEN, 1),
+        self.output_head = Head(c.fundamental_latent + c.price_latent + c.news_latent, rng)
+        self._n_params = len(list(self.parameters()))
+
+    def branches(self) -> tuple[tuple[Encoder, float], ...]:
+        """(encoder, latent scale) in the order their latents fill the head's input: fund,
+        price, news (scaled by news_alpha). `forward` and the fused step both read this."""
+        return (
+            (self.fund_encoder, 1.0),
+            (self.price_encoder, 1.0),
+            (self.news_encoder, self.config.news_alpha),
         )
+
+    @property
+    def dropout_rng(self) -> np.random.Generator:
+        """The generator every Dropout of the model draws its CPU masks from."""
+        return self._rng[0]
 
     @classmethod
     def from_state(
@@ -161,10 +208,11 @@ class MultiBranchRanker(nn.Module):
         assert emb.shape[-1] == c.n_embedding_dim, (
             f"emb has {emb.shape[-1]} dims, model expects {c.n_embedding_dim}"
         )
-        h_f = self.fund_encoder(fund)  # (B, F) -> (B, fundamental_latent)
-        h_p = self.price_encoder(price)  # (B, 9) -> (B, price_latent)
-        h_n = self.news_encoder(emb) * c.news_alpha  # (B, 768) -> (B, news_latent)
-        h = torch.cat([h_f, h_p, h_n], dim=-1)  # (B, fused)
+        latents = []
+        for (encoder, alpha), x in zip(self.branches(), (fund, price, emb), strict=True):
+            z = encoder(x)  # (B, features) -> (B, latent)
+            latents.append(z if alpha == 1.0 else z * alpha)
+        h = torch.cat(latents, dim=-1)  # (B, fused)
         return self.output_head(h).squeeze(-1)  # (B,)
 
     def pair_logits(
@@ -200,9 +248,14 @@ class MultiBranchRanker(nn.Module):
         the weights, gradients and the rest stay fp32 (on a GPU: autocast).
         """
         if self.training and emb.device.type == "cpu" and self.config.news_alpha > 0:
-            params = _fused_params(self)
-            loss, grads = _fused_loss_and_grads(self, params, price, fund, emb, target)
-            for p, g in zip(params, grads, strict=True):
+            loss, grads = _fused_loss_and_grads(self, price, fund, emb, target)
+            if len(grads) != self._n_params:
+                raise RuntimeError(
+                    f"the fused CPU step computed {len(grads)} gradients for a model with "
+                    f"{self._n_params} parameters: a layer was added to MultiBranchRanker but "
+                    f"not to _fused_loss_and_grads"
+                )
+            for p, g in grads:
                 if p.grad is None:
                     p.grad = g
                 else:
@@ -218,45 +271,36 @@ class MultiBranchRanker(nn.Module):
         return loss.detach()
 
 
-def _fused_params(model: MultiBranchRanker) -> list[nn.Parameter]:
-    """Weight and bias of every Linear in `_fused_loss_and_grads`'s order: fund, price, news,
-    head."""
-    seqs = (model.fund_encoder, model.price_encoder, model.news_encoder, model.output_head)
-    return [t for seq in seqs for i in (0, 3) for t in (seq[i].weight, seq[i].bias)]
-
-
 @torch.no_grad()
 def _fused_loss_and_grads(
     model: MultiBranchRanker,
-    params: list[nn.Parameter],
     price: torch.Tensor,
     fund: torch.Tensor,
     emb: torch.Tensor,
     target: torch.Tensor,
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """`pair_loss` in training, and the gradients of `params` (`_fused_params(model)`).
+) -> tuple[torch.Tensor, list[tuple[nn.Parameter, torch.Tensor]]]:
+    """`pair_loss` in training, and (parameter, gradient) for every parameter of the model.
 
     At 1,024 rows a step, the module path's ~40 small ops and autograd nodes each way cost about
     as much as all its matmuls but the news encoder's first. Here ReLU and dropout are one
     multiply and one in-place clamp, the encoders write their latents straight into the head's
     input, news_alpha is folded into the news latent's matmul (relu(a z) = a relu(z), a > 0), and
-    each gradient is one op (none for the inputs). The masks are drawn from the model's
-    generator in the modules' order (fund, price, news, head), so after the same `seed_dropout`
-    both paths drop the same units; tests/test_fused.py checks the loss and every gradient
-    against autograd through the modules.
+    each gradient is one op (none for the inputs). Layers are reached by name
+    (`MultiBranchRanker.branches`, `Encoder.hidden`/`.latent`, `Head.hidden`/`.out`) and the
+    masks drawn from the model's generator in the modules' order (fund, price, news, head), so
+    after the same `seed_dropout` both paths drop the same units; tests/test_fused.py checks the
+    loss and every gradient against autograd through the modules.
     """
-    c, rng = model.config, model._rng[0]
+    rng = model.dropout_rng
     rows, pairs = emb.shape[0], target.shape[0]
     assert rows == 2 * pairs, f"{rows} rows for {pairs} pairs: expected the i's, then the j's"
-    branches = (  # input, dropout, latent scale, latent width
-        (fund, c.fundamental_dropout, 1.0, c.fundamental_latent),
-        (price, c.price_dropout, 1.0, c.price_latent),
-        (emb, c.news_dropout, c.news_alpha, c.news_latent),
-    )
-    fused = torch.empty(rows, sum(b[3] for b in branches))  # (2B, fused): the head's input
+    branches = [(enc, alpha, x) for (enc, alpha), x in
+                zip(model.branches(), (fund, price, emb), strict=True)]  # fmt: skip
+    fused = torch.empty(rows, sum(enc.latent.out_features for enc, _, _ in branches))  # (2B, fused)
     hidden, start = [], 0
-    for k, (x, p, alpha, width) in zip((0, 4, 8), branches, strict=True):
-        w1, b1, w2, b2 = params[k : k + 4]
+    for enc, alpha, x in branches:
+        w1, b1, w2, b2 = enc.hidden.weight, enc.hidden.bias, enc.latent.weight, enc.latent.bias
+        p = enc.dropout.p
         if x.dtype == torch.bfloat16:  # bf16 matmul (fp32 accumulation), the rest in fp32
             h = torch.mm(x, w1.t().to(torch.bfloat16)).float().add_(b1)
         else:
@@ -264,39 +308,42 @@ def _fused_loss_and_grads(
         if p > 0:
             h.mul_(torch.from_numpy(keep_mask(rng, h.numel(), p)).view(h.shape))
         h.relu_()  # relu(a) * mask == relu(a * mask): the mask is >= 0
-        out = fused[:, start : start + width]  # (2B, hidden) -> (2B, latent), in place
+        out = fused[:, start : start + w2.shape[0]]  # (2B, hidden) -> (2B, latent), in place
         torch.addmm(b2, h, w2.t(), beta=alpha, alpha=alpha, out=out).relu_()
         hidden.append(h)
-        start += width
-    w1, b1, w2, b2 = params[12:16]
-    head = torch.addmm(b1, fused, w1.t())  # (2B, fused) -> (2B, 32)
-    head.mul_(torch.from_numpy(keep_mask(rng, head.numel(), HEAD_DROPOUT)).view(head.shape))
-    head.relu_()
-    s = torch.addmm(b2, head, w2.t())  # (2B, 1)
+        start += w2.shape[0]
+    head = model.output_head
+    w1, b1, w2, b2 = head.hidden.weight, head.hidden.bias, head.out.weight, head.out.bias
+    p_head = head.dropout.p
+    h_head = torch.addmm(b1, fused, w1.t())  # (2B, fused) -> (2B, 32)
+    h_head.mul_(torch.from_numpy(keep_mask(rng, h_head.numel(), p_head)).view(h_head.shape))
+    h_head.relu_()
+    s = torch.addmm(b2, h_head, w2.t())  # (2B, 1)
     diff = s[:pairs] - s[pairs:]  # (B, 1): the logit of P(i beats j)
     loss = F.binary_cross_entropy_with_logits(diff.view(pairs), target)
 
-    grads: list[torch.Tensor] = [torch.empty(0)] * len(params)
+    grads: list[tuple[nn.Parameter, torch.Tensor]] = []
     relu_grad = torch.ops.aten.threshold_backward  # (g, y, 0): g where y > 0, else 0
     # d loss / d diff = (sigmoid(diff) - target) / B: s_i gets it, s_j its negative.
     g = torch.sigmoid(diff).sub_(target.view(pairs, 1)).div_(pairs)  # (B, 1)
     g_s = torch.cat((g, g.neg()))  # (2B, 1)
-    grads[14], grads[15] = g_s.t().mm(head), g_s.sum(0)
-    g_h = relu_grad(g_s * w2, head, 0).mul_(1 / (1 - HEAD_DROPOUT))  # (2B, 32)
-    grads[12], grads[13] = g_h.t().mm(fused), g_h.sum(0)
+    grads += [(w2, g_s.t().mm(h_head)), (b2, g_s.sum(0))]
+    g_h = relu_grad(g_s * w2, h_head, 0).mul_(1 / (1 - p_head))  # (2B, 32)
+    grads += [(w1, g_h.t().mm(fused)), (b1, g_h.sum(0))]
     g_fused = g_h.mm(w1)  # (2B, fused)
     start = 0
-    for k, (x, p, alpha, width), h in zip((0, 4, 8), branches, hidden, strict=True):
-        cols = slice(start, start + width)
+    for (enc, alpha, x), h in zip(branches, hidden, strict=True):
+        w2 = enc.latent.weight
+        cols = slice(start, start + w2.shape[0])
         g_z = relu_grad(g_fused[:, cols], fused[:, cols], 0)  # (2B, latent)
         if alpha != 1:
             g_z.mul_(alpha)
-        grads[k + 2], grads[k + 3] = g_z.t().mm(h), g_z.sum(0)
-        g_a = relu_grad(g_z.mm(params[k + 2]), h, 0)  # (2B, hidden)
-        if p > 0:
-            g_a.mul_(1 / (1 - p))
-        grads[k], grads[k + 1] = _weight_grad(g_a, x), g_a.sum(0)
-        start += width
+        grads += [(w2, g_z.t().mm(h)), (enc.latent.bias, g_z.sum(0))]
+        g_a = relu_grad(g_z.mm(w2), h, 0)  # (2B, hidden)
+        if enc.dropout.p > 0:
+            g_a.mul_(1 / (1 - enc.dropout.p))
+        grads += [(enc.hidden.weight, _weight_grad(g_a, x)), (enc.hidden.bias, g_a.sum(0))]
+        start += w2.shape[0]
     return loss, grads
 
 

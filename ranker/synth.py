@@ -276,6 +276,28 @@ def generate(
     out.mkdir(parents=True, exist_ok=True)
     market = _make_market(n_sym, len(days), emb_dim, seed)
 
+    summary = _write_market(out, market, days, price_days, signal, seed, emb_dim, say)
+    _write_json_atomic(out / SUMMARY_FILE, {"params": params, "summary": summary})
+    say(
+        f"synth: wrote {summary['rows']:,} rows, {summary['symbols']:,} symbols "
+        f"({summary['liquid_symbols']:,} liquid) to {out}"
+    )
+    return summary
+
+
+def _write_market(
+    out: Path,
+    market: _Market,
+    days: np.ndarray,
+    price_days: np.ndarray,
+    signal: float,
+    seed: int,
+    emb_dim: int,
+    say: Callable[[str], None],
+) -> dict:
+    """Simulate the market into the three parquet files under temporary names, then rename
+    them into place (the old synth.json removed first: its presence marks a complete set);
+    the summary of what was written. On error nothing is left behind."""
     names = (DATASET_FILE, PRICES_FILE, ORACLE_FILE)
     tmp = {name: out / f"{name}.tmp-{os.getpid()}" for name in names}
     complete = False
@@ -300,11 +322,6 @@ def generate(
     (out / SUMMARY_FILE).unlink(missing_ok=True)
     for name in names:
         os.replace(tmp[name], out / name)
-    _write_json_atomic(out / SUMMARY_FILE, {"params": params, "summary": summary})
-    say(
-        f"synth: wrote {summary['rows']:,} rows, {summary['symbols']:,} symbols "
-        f"({summary['liquid_symbols']:,} liquid) to {out}"
-    )
     return summary
 
 

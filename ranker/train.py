@@ -11,6 +11,7 @@ continues exactly as the uninterrupted run would.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 import warnings
@@ -34,7 +35,7 @@ METRICS = (
 )  # fmt: skip
 
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,12 @@ class TrainConfig:
     metric: str = "ic_sharpe"
     k: int = 5
     seed: int = 0
-    precision: str = "fp32"  # fp32 | bf16: embeddings stored in bfloat16 (see `fit`)
-    cuda_graphs: bool = True  # on a GPU, replay each step as one captured CUDA graph
+    # fp32 | bf16 (embeddings stored in bfloat16, see `_Step`) | auto (bf16 where bf16 matmuls
+    # pay: GPUs and AMX CPUs). fp32 by default: the same spec selects the same configs anywhere.
+    precision: str = "fp32"
+    # On a GPU, replay each step as one captured CUDA graph. Off until a GPU run measures it
+    # (benchmarks/bench_gpu.py).
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         errors = []
@@ -79,6 +84,98 @@ class TrainConfig:
 
 
 @dataclass
+class Progress:
+    """Where a training run stands after an evaluation: epochs done, the best evaluation so far,
+    the history of evaluations, training time, and how often it was resumed."""
+
+    epoch: int = 0  # epochs completed
+    best_metric: float = -math.inf
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None  # the weights of the best evaluation
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    restored: int = 0  # how many times this run was resumed from a checkpoint
+
+    def record(
+        self,
+        epoch: int,
+        metrics: dict[str, float],
+        metric: str,
+        model: MultiBranchRanker,
+        train_loss: float,
+        seconds: float,
+    ) -> bool:
+        """Record an evaluation after `epoch` epochs; whether it is the best so far by `metric`
+        (the first evaluation always is; ties keep the earlier one)."""
+        is_best = self.best_state is None or metrics[metric] > self.best_metric
+        if is_best:
+            self.best_metric, self.best_epoch, self.best_metrics = metrics[metric], epoch, metrics
+            self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        self.epoch, self.seconds = epoch, seconds
+        self.history.append({"epoch": epoch, "train_loss": train_loss, "seconds": seconds,
+                             **metrics})  # fmt: skip
+        return is_best
+
+
+@dataclass
+class TrainState:
+    """Everything `fit` needs to continue a run after an evaluation: what a trial checkpoint
+    holds. `to_dict`/`from_dict` are its one file format: tensors and plain Python values only,
+    so `torch.load(weights_only=True)` reads it and no class is pickled."""
+
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    model_config: dict[str, Any]
+    train_config: dict[str, Any]
+    progress: Progress
+
+    @classmethod
+    def capture(
+        cls,
+        model: MultiBranchRanker,
+        opt: torch.optim.Optimizer,
+        sched: Any,
+        train_config: TrainConfig,
+        progress: Progress,
+    ) -> TrainState:
+        """A copy of the live run: later steps do not change it (the optimizer keeps mutating
+        its moment tensors in place, so they are deep-copied)."""
+        p = progress
+        return cls(
+            model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            optimizer=copy.deepcopy(opt.state_dict()),
+            scheduler=copy.deepcopy(sched.state_dict()),
+            model_config=model.config.to_dict(),
+            train_config=train_config.to_dict(),
+            progress=replace(p, best_metrics=dict(p.best_metrics),
+                             history=[dict(h) for h in p.history]),
+        )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        p = self.progress
+        return {
+            "model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler,
+            "model_config": self.model_config, "train_config": self.train_config,
+            "epoch": p.epoch, "best_metric": p.best_metric, "best_epoch": p.best_epoch,
+            "best_state": p.best_state, "best_metrics": dict(p.best_metrics),
+            "history": [dict(h) for h in p.history], "seconds": p.seconds, "restored": p.restored,
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainState:
+        progress = Progress(
+            epoch=int(d["epoch"]), best_metric=float(d["best_metric"]),
+            best_epoch=int(d["best_epoch"]), best_state=d["best_state"],
+            best_metrics=dict(d["best_metrics"]), history=[dict(h) for h in d["history"]],
+            seconds=float(d["seconds"]), restored=int(d.get("restored", 0)),
+        )  # fmt: skip
+        return cls(d["model"], d["optimizer"], d["scheduler"], d["model_config"],
+                   d["train_config"], progress)  # fmt: skip
+
+
+@dataclass
 class Evaluation:
     """One evaluation on the validation set, as handed to `on_eval`."""
 
@@ -89,7 +186,8 @@ class Evaluation:
     best_epoch: int
     best_metrics: dict[str, float]
     seconds: float  # training time so far
-    state: Callable[[], dict[str, Any]] = field(repr=False)  # resumable state, built on demand
+    restored: int  # how many times the run was resumed from a checkpoint
+    state: Callable[[], TrainState] = field(repr=False)  # resumable state, built on demand
     daily: Daily | None = field(default=None, repr=False)  # this evaluation's per-date series
 
 
@@ -152,7 +250,7 @@ def fit(
     val: Panel,
     *,
     on_eval: Callable[[Evaluation], None] | None = None,
-    resume: dict[str, Any] | None = None,
+    resume: TrainState | None = None,
     log: Callable[[str], None] | None = None,
     device: str | torch.device = "cpu",
 ) -> FitResult:
@@ -169,104 +267,29 @@ def fit(
 
     Returns:
         FitResult with the model in its best state and that state's validation metrics.
+
+    Raises:
+        ValueError: `resume` was written by another configuration.
     """
     cfg = with_input_sizes(model_cfg, train)
-    tc = train_cfg
+    tc = replace(train_cfg, precision=resolve_precision(train_cfg.precision, device))
     torch.manual_seed(tc.seed)
     model = MultiBranchRanker(cfg).to(device)
-    graphed = torch.device(device).type == "cuda" and tc.cuda_graphs
-    if graphed:
-        # A step replayed as a CUDA graph reads the learning rate from a tensor the scheduler
-        # updates in place, and an optimizer whose state never leaves the GPU (capturable).
-        opt = torch.optim.AdamW(model.parameters(), weight_decay=tc.weight_decay,
-                                lr=torch.tensor(tc.learning_rate, device=device),
-                                capturable=True, foreach=True)  # fmt: skip
-    else:
-        # The fused kernel updates all parameters in one pass: ~8x faster than the per-tensor
-        # loop on the CPU for this many small tensors, and the same arithmetic.
-        opt = torch.optim.AdamW(model.parameters(), lr=tc.learning_rate,
-                                weight_decay=tc.weight_decay, fused=True)  # fmt: skip
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=tc.epochs)
-    start_epoch, best_metric, best_epoch = 0, -math.inf, 0
-    best_state: dict[str, torch.Tensor] | None = None
-    best_metrics: dict[str, float] = {}
-    history: list[dict[str, Any]] = []
-    elapsed = 0.0
+    step = _Step(model, tc, train, device)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(step.opt, T_max=tc.epochs)
+    progress = Progress()
     if resume is not None:
-        if resume["model_config"] != cfg.to_dict() or resume["train_config"] != tc.to_dict():
-            raise ValueError(
-                "the checkpoint to resume was written by a different configuration; "
-                "start the trial afresh or resume with the configuration that wrote it"
-            )
-        model.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])
-        start_epoch = int(resume["epoch"])
-        best_metric = float(resume["best_metric"])
-        best_epoch = int(resume["best_epoch"])
-        best_state = resume["best_state"]
-        best_metrics = dict(resume["best_metrics"])
-        history = [dict(h) for h in resume["history"]]
-        elapsed = float(resume["seconds"])
-
-    fund, price, emb = (as_tensor(a).to(device) for a in (train.fund, train.price, train.emb))
-    # A step's news inputs hold bf16 values when the config asks for bf16, whatever the Panel
-    # holds, and are multiplied in bf16 where that beats fp32 (GPUs, AMX CPUs). Elsewhere they
-    # are widened to fp32 after the gather: an fp32 matmul multiplies the same bf16 values
-    # exactly (their products fit fp32's mantissa), at the fp32 rate; the weights stay fp32.
-    bf16 = tc.precision == "bf16"
-    x_dtype = torch.bfloat16 if bf16 and bf16_matmul_pays(device) else torch.float32
-    # Each step gathers its rows into the same buffers: faster than a fresh 3 MB a step.
-    rows_max = 2 * tc.batch_size
-    bufs = [torch.empty(rows_max, t.shape[1], dtype=t.dtype, device=device)
-            for t in (price, fund, emb)]  # fmt: skip
-    casts = [torch.empty(rows_max, emb.shape[1], dtype=d, device=device)
-             for d in (torch.bfloat16, x_dtype)]  # fmt: skip
-    graph: CudaGraphStep | None = None
-    smooth = tc.label_smoothing
-    t0 = time.perf_counter() - elapsed
-    for epoch in range(start_epoch, tc.epochs):
-        rng = np.random.default_rng([tc.seed, epoch])
-        torch.manual_seed(tc.seed * 1_000_003 + epoch + 1)  # dropout masks on a GPU
-        model.seed_dropout([tc.seed, epoch, 1])  # dropout masks on the CPU
-        i, j, label = sample_pairs(train.bounds, train.returns, rng)
-        ij = torch.from_numpy(np.stack([i, j])).to(device)  # (2, P)
-        target = torch.from_numpy(label * (1 - smooth) + 0.5 * smooth).to(device)
-        model.train()
-        total, count = torch.zeros((), device=device), 0
-        for s in range(0, len(label), tc.batch_size):
-            rows = ij[:, s : s + tc.batch_size].reshape(-1)  # (2B,): the i's then the j's
-            # index_select is a plain row gather, ~5x faster than advanced indexing here.
-            x = [torch.index_select(t, 0, rows, out=b[: len(rows)])
-                 for t, b in zip((price, fund, emb), bufs, strict=True)]  # fmt: skip
-            if bf16 and x[2].dtype != torch.bfloat16:  # round to bf16 values
-                x[2] = casts[0][: len(rows)].copy_(x[2])
-            if x[2].dtype != x_dtype:
-                x[2] = casts[1][: len(rows)].copy_(x[2])
-            y = target[s : s + tc.batch_size]
-            if graphed and len(y) == tc.batch_size:  # a full batch: replay the captured step
-                if graph is None:
-                    graph = CudaGraphStep(model, opt, x, y)
-                loss = graph(x, y)
-            else:
-                opt.zero_grad(set_to_none=True)
-                loss = model.pair_loss_backward(*x, y)  # on the CPU: fused, without autograd
-                opt.step()
-            total += loss * len(y)
-            count += len(y)
+        progress = _restore(resume, model, step.opt, sched, cfg, tc)
+    t0 = time.perf_counter() - progress.seconds
+    for epoch in range(progress.epoch, tc.epochs):
+        train_loss = step.epoch(epoch)
         sched.step()
         done = epoch + 1
         if done % tc.eval_every and done != tc.epochs:
             continue
         metrics, series = evaluate_model(model, val, tc.k)
-        current = metrics[tc.metric]
-        is_best = best_state is None or current > best_metric
-        if is_best:
-            best_metric, best_epoch, best_metrics = current, done, metrics
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         seconds = time.perf_counter() - t0
-        train_loss = float(total) / max(count, 1)
-        history.append({"epoch": done, "train_loss": train_loss, "seconds": seconds, **metrics})
+        is_best = progress.record(done, metrics, tc.metric, model, train_loss, seconds)
         if log:
             log(
                 f"  epoch {done:3d}  loss {train_loss:.4f}  IC sharpe {metrics['ic_sharpe']:6.2f}  "
@@ -274,26 +297,131 @@ def fit(
                 f"short {metrics['short_sharpe']:5.2f}  {seconds:6.1f}s"
             )
         if on_eval is not None:
-            snapshot = _state_fn(model, opt, sched, cfg, tc, done, best_metric, best_epoch,
-                                 best_state, best_metrics, history, seconds)  # fmt: skip
-            on_eval(
-                Evaluation(
-                    done,
-                    metrics,
-                    train_loss,
-                    is_best,
-                    best_epoch,
-                    dict(best_metrics),
-                    seconds,
-                    snapshot,
-                    series,
-                )
-            )
+            snapshot = functools.partial(TrainState.capture, model, step.opt, sched, tc, progress)
+            on_eval(Evaluation(done, metrics, train_loss, is_best, progress.best_epoch,
+                               dict(progress.best_metrics), seconds, progress.restored, snapshot,
+                               series))  # fmt: skip
 
-    assert best_state is not None, f"no evaluation ran: epochs={tc.epochs}"
-    model.load_state_dict(best_state)
+    if progress.best_state is None:
+        raise ValueError(f"no evaluation ran: train.epochs={tc.epochs}")
+    model.load_state_dict(progress.best_state)
     model.eval()
-    return FitResult(model, cfg, best_metrics, best_epoch, history, time.perf_counter() - t0)
+    return FitResult(model, cfg, progress.best_metrics, progress.best_epoch, progress.history,
+                     time.perf_counter() - t0)  # fmt: skip
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """`auto` as the precision it stands for on `device` (bf16 where bf16 matmuls pay: GPUs and
+    CPUs with AMX; fp32 elsewhere); fp32 and bf16 as they are."""
+    if precision != "auto":
+        return precision
+    return "bf16" if bf16_matmul_pays(device) else "fp32"
+
+
+def _restore(
+    state: TrainState,
+    model: MultiBranchRanker,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    cfg: ModelConfig,
+    tc: TrainConfig,
+) -> Progress:
+    """Load a checkpoint's weights and optimizer into the live run; its progress, resumed once
+    more.
+
+    Raises:
+        ValueError: the state was written by another configuration.
+    """
+    if state.model_config != cfg.to_dict() or state.train_config != tc.to_dict():
+        raise ValueError(
+            "the checkpoint to resume was written by a different configuration; "
+            "start the trial afresh or resume with the configuration that wrote it"
+        )
+    model.load_state_dict(state.model)
+    opt.load_state_dict(state.optimizer)
+    sched.load_state_dict(state.scheduler)
+    p = state.progress
+    return replace(p, best_metrics=dict(p.best_metrics), history=[dict(h) for h in p.history],
+                   restored=p.restored + 1)  # fmt: skip
+
+
+class _Step:
+    """The training steps of one run: the optimizer, the step's input buffers, and an epoch of
+    pair-wise steps (on a GPU with `cuda_graphs`, full batches replay one captured graph).
+
+    A step's news inputs hold bf16 values when the config asks for bf16, whatever the Panel
+    holds, and are multiplied in bf16 where that beats fp32 (GPUs, AMX CPUs). Elsewhere they are
+    widened to fp32 after the gather: an fp32 matmul multiplies the same bf16 values exactly
+    (their products fit fp32's mantissa), at the fp32 rate; the weights stay fp32.
+    """
+
+    def __init__(
+        self, model: MultiBranchRanker, tc: TrainConfig, train: Panel, device: str | torch.device
+    ) -> None:
+        self.model, self.tc, self.train, self.device = model, tc, train, device
+        self.graphed = torch.device(device).type == "cuda" and tc.cuda_graphs
+        if self.graphed:
+            # A step replayed as a CUDA graph reads the learning rate from a tensor the
+            # scheduler updates in place, and an optimizer whose state never leaves the GPU.
+            self.opt = torch.optim.AdamW(model.parameters(), weight_decay=tc.weight_decay,
+                                         lr=torch.tensor(tc.learning_rate, device=device),
+                                         capturable=True, foreach=True)  # fmt: skip
+        else:
+            # The fused kernel updates all parameters in one pass: ~8x faster than the
+            # per-tensor loop on the CPU for this many small tensors, and the same arithmetic.
+            self.opt = torch.optim.AdamW(model.parameters(), lr=tc.learning_rate,
+                                         weight_decay=tc.weight_decay, fused=True)  # fmt: skip
+        self.inputs = [as_tensor(a).to(device) for a in (train.price, train.fund, train.emb)]
+        self.bf16 = tc.precision == "bf16"
+        self.x_dtype = torch.bfloat16 if self.bf16 and bf16_matmul_pays(device) else torch.float32
+        # Each step gathers its rows into the same buffers: faster than a fresh 3 MB a step.
+        rows_max = 2 * tc.batch_size
+        self.bufs = [torch.empty(rows_max, t.shape[1], dtype=t.dtype, device=device)
+                     for t in self.inputs]  # fmt: skip
+        n_emb = self.inputs[2].shape[1]
+        self.casts = [torch.empty(rows_max, n_emb, dtype=d, device=device)
+                      for d in (torch.bfloat16, self.x_dtype)]  # fmt: skip
+        self.graph: CudaGraphStep | None = None
+
+    def epoch(self, epoch: int) -> float:
+        """Train one epoch (0-based) on that epoch's pairs and dropout masks, which depend only
+        on (seed, epoch); the mean training loss."""
+        tc, model, device = self.tc, self.model, self.device
+        rng = np.random.default_rng([tc.seed, epoch])
+        torch.manual_seed(tc.seed * 1_000_003 + epoch + 1)  # dropout masks on a GPU
+        model.seed_dropout([tc.seed, epoch, 1])  # dropout masks on the CPU
+        i, j, label = sample_pairs(self.train.bounds, self.train.returns, rng)
+        ij = torch.from_numpy(np.stack([i, j])).to(device)  # (2, P)
+        smooth = tc.label_smoothing
+        target = torch.from_numpy(label * (1 - smooth) + 0.5 * smooth).to(device)
+        model.train()
+        total, count = torch.zeros((), device=device), 0
+        for s in range(0, len(label), tc.batch_size):
+            rows = ij[:, s : s + tc.batch_size].reshape(-1)  # (2B,): the i's then the j's
+            x = self._gather(rows)
+            y = target[s : s + tc.batch_size]
+            if self.graphed and len(y) == tc.batch_size:  # a full batch: replay the graph
+                if self.graph is None:
+                    self.graph = CudaGraphStep(model, self.opt, x, y)
+                loss = self.graph(x, y)
+            else:
+                self.opt.zero_grad(set_to_none=True)
+                loss = model.pair_loss_backward(*x, y)  # on the CPU: fused, without autograd
+                self.opt.step()
+            total += loss * len(y)
+            count += len(y)
+        return float(total) / max(count, 1)
+
+    def _gather(self, rows: torch.Tensor) -> list[torch.Tensor]:
+        """(price, fund, emb) of `rows`, in the step's buffers and the news dtype it uses."""
+        # index_select is a plain row gather, ~5x faster than advanced indexing here.
+        x = [torch.index_select(t, 0, rows, out=b[: len(rows)])
+             for t, b in zip(self.inputs, self.bufs, strict=True)]  # fmt: skip
+        if self.bf16 and x[2].dtype != torch.bfloat16:  # round to bf16 values
+            x[2] = self.casts[0][: len(rows)].copy_(x[2])
+        if x[2].dtype != self.x_dtype:
+            x[2] = self.casts[1][: len(rows)].copy_(x[2])
+        return x
 
 
 class CudaGraphStep:
@@ -362,26 +490,3 @@ class CudaGraphStep:
         self.static_y.copy_(y)
         self.graph.replay()
         return self.static_loss.clone()
-
-
-def _state_fn(model, opt, sched, cfg, tc, epoch, best_metric, best_epoch, best_state,
-              best_metrics, history, seconds) -> Callable[[], dict[str, Any]]:  # fmt: skip
-    def state() -> dict[str, Any]:
-        # Only tensors and plain Python: loadable with torch.load(weights_only=True).
-        return {
-            "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-            # Deep copies: the live optimizer keeps mutating its moment tensors in place.
-            "optimizer": copy.deepcopy(opt.state_dict()),
-            "scheduler": copy.deepcopy(sched.state_dict()),
-            "model_config": cfg.to_dict(),
-            "train_config": tc.to_dict(),
-            "epoch": epoch,
-            "best_metric": best_metric,
-            "best_epoch": best_epoch,
-            "best_state": best_state,
-            "best_metrics": dict(best_metrics),
-            "history": [dict(h) for h in history],
-            "seconds": seconds,
-        }
-
-    return state

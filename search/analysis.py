@@ -19,16 +19,14 @@ from typing import Any
 
 import numpy as np
 
+from ranker.backtest import backtest
 from ranker.data import load
-from ranker.metrics import evaluate_bounds
 from ranker.model import MultiBranchRanker
 from ranker.panel import Panel
 from ranker.train import METRICS, score
 from search.errors import RunDirError
-from search.overfitting import final_dsr, selected_dsr, stage_pbo
 from search.rundir import Run, StageRecord, TrialRow
-
-_COMBINE = {"mean": np.mean, "median": np.median, "min": np.min}
+from search.stage_overfit import final_dsr, selected_dsr, stage_pbo
 
 
 def _done(run: Run, stage: str) -> tuple[StageRecord, list[TrialRow]]:
@@ -55,7 +53,6 @@ def point_table(run: Run, stage: str) -> list[dict[str, Any]]:
     """
     st, rows = _done(run, stage)
     metric = run.spec.train.metric
-    combine = _COMBINE[st.spec.select]
     table = []
     for p in st.spec.points:
         mine = [r for r in rows if r.matches(p)]
@@ -70,7 +67,7 @@ def point_table(run: Run, stage: str) -> list[dict[str, Any]]:
             vals = np.array([r.metrics[m] for r in ok], dtype=np.float64)
             entry[m] = float(vals.mean()) if len(vals) else math.nan
             entry[f"{m}_std"] = float(vals.std()) if len(vals) else math.nan
-        entry["value"] = float(combine([r.metrics[metric] for r in ok])) if ok else math.nan
+        entry["value"] = st.spec.combine([r.metrics[metric] for r in ok]) if ok else math.nan
         entry["selected"] = st.best is not None and all(
             float(st.best.point[k]) == float(p[k]) for k in st.spec.grid
         )
@@ -126,10 +123,8 @@ def top_test(run: Run, stage: str, test_panel: Panel, k: int, n: int = 5) -> lis
         for tid in p["trial_ids"]:
             row = by_id[tid]
             state = run.trial_state(row)
-            model = MultiBranchRanker.from_state(state["model_config"], state["best_state"])
-            test = evaluate_bounds(
-                test_panel.bounds, score(model, test_panel), test_panel.returns, k=k
-            )
+            model = MultiBranchRanker.from_state(state.model_config, state.progress.best_state)
+            test = backtest(test_panel, score(model, test_panel), k).metrics
             trials.append({"trial_id": tid, "replicate": row.replicate,
                            "val": dict(row.metrics), "test": test})  # fmt: skip
         val_mean, val_std = _mean_std([t["val"] for t in trials])

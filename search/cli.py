@@ -53,34 +53,33 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import torch
-
     from ranker import checkpoint
-    from ranker.costs import cost_metrics
-    from ranker.metrics import daily, summarize
+    from ranker import device as devices
+    from ranker.backtest import backtest
     from ranker.train import fit, score
-    from search.data import data_source, load_data
+    from search.source import data_source, load_data
 
     sp = specmod.load(args.config or _default_config(), args.overrides, require_stages=False)
+    sp = _with_precision(sp)
     source = data_source(sp, args.data)
-    torch.set_num_threads(args.threads)
+    devices.setup(args.threads, 0)
     ds = load_data(sp, source, baseline=False)
     log.info(
         f"training {sp.train.epochs} epochs on {len(ds.train):,} rows ({args.threads} thread(s))"
     )
     result = fit(sp.model, sp.train, ds.train, ds.val, log=log.info)
-    d = daily(ds.test.bounds, score(result.model, ds.test), ds.test.returns, k=sp.train.k)
+    bt = backtest(ds.test, score(result.model, ds.test), sp.train.k, sp.costs)
     out: dict[str, Any] = {
         "val": result.metrics,
-        "test": summarize(d),
+        "test": bt.metrics,
         "best_epoch": result.best_epoch,
         "seconds": round(result.seconds, 2),
-        "costs": cost_metrics(d, ds.test.symbol_ids, sp.costs),
+        "costs": bt.costs,
         "rows": {"train": len(ds.train), "val": len(ds.val), "test": len(ds.test)},
+        "precision": sp.train.precision,
     }
-    if ds.test.oracle is not None:
-        o = summarize(daily(ds.test.bounds, ds.test.oracle, ds.test.returns, k=sp.train.k))
-        out["oracle_test"] = {"mean_ic": o["mean_ic"], "ic_sharpe": o["ic_sharpe"]}
+    if bt.oracle is not None:
+        out["oracle_test"] = bt.oracle
     if args.out:
         checkpoint.save(args.out, result.model, ds.columns, train_config=sp.train.to_dict(),
                         universe=sp.universe.to_dict(),
@@ -88,6 +87,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         out["checkpoint"] = os.path.abspath(args.out) if "://" not in args.out else args.out
     print(json.dumps(out, indent=2))
     return 0
+
+
+def _with_precision(sp: specmod.SearchSpec) -> specmod.SearchSpec:
+    """The spec with `train.precision: auto` resolved, and one line saying which it is."""
+    resolved = specmod.with_precision_resolved(sp)
+    how = " (train.precision=auto)" if sp.train.precision == "auto" else ""
+    log.info(f"precision: {resolved.train.precision}{how}")
+    return resolved
 
 
 # ---------------------------------------------------------------- run / stage / resume
@@ -98,9 +105,9 @@ def _start(
 ) -> int:
     """Load the data (before Ray: bad input writes nothing), connect, run; print the run dir."""
     from search import connect, driver
-    from search.data import load_data
+    from search.source import load_data
 
-    _RUN.append(run.path)
+    args.stop.run_path = run.path
     ds = load_data(sp, source)
     connect.init(args.address, verbose=args.verbose)
     if not args.verbose:
@@ -134,10 +141,10 @@ def _start(
 def cmd_run(args: argparse.Namespace) -> int:
     from ranker import storage
     from search.connect import run_storage
-    from search.data import data_source
     from search.rundir import RunDir
+    from search.source import data_source
 
-    sp = specmod.load(args.config or _default_config(), args.overrides)
+    sp = _with_precision(specmod.load(args.config or _default_config(), args.overrides))
     root = run_storage(args.storage or sp.storage)
     run = RunDir(storage.join(root, args.name or sp.name or time.strftime("run-%Y%m%d-%H%M%S")))
     if run.is_run():
@@ -186,7 +193,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     info = run.read_info()
     source = args.data or (info.source if info else None)
     if source is None:
-        from search.data import data_source
+        from search.source import data_source
 
         source = data_source(sp)
     return _start(run, sp, source, args)
@@ -339,23 +346,28 @@ def setup_logging() -> None:
     ours.propagate = False
 
 
-_RUN: list[str] = []  # the run directory the command works on, once known (for Ctrl-C's line)
-_STOPPING: list[bool] = []
+class _Stop:
+    """How this process stops on Ctrl-C: the first stops the run where it is (KeyboardInterrupt;
+    during a stage Tune takes that one itself and stops its trials, saving their state); once
+    stopping, the next one ends the process at once. `run_path`, once known, goes into the line
+    that says how to resume."""
 
+    def __init__(self) -> None:
+        self.run_path: str | None = None
+        self.stopping = False
 
-def _on_sigint(signum: int, frame: Any) -> None:
-    """Ctrl-C: the first stops the run where it is (KeyboardInterrupt; during a stage Tune takes
-    that one itself and stops its trials, saving their state); once stopping, the next one
-    ends the process at once."""
-    if _STOPPING:
-        print("error: stopped at once on a second Ctrl-C" + _resume_hint(), file=sys.stderr)
-        os._exit(130)
-    _STOPPING.append(True)
-    raise KeyboardInterrupt
+    def on_sigint(self, signum: int, frame: Any) -> None:
+        if self.stopping:
+            print("error: stopped at once on a second Ctrl-C" + self.resume_hint(),
+                  file=sys.stderr)  # fmt: skip
+            os._exit(130)
+        self.stopping = True
+        raise KeyboardInterrupt
 
-
-def _resume_hint() -> str:
-    return f". Fix: `liquid-search resume {_RUN[-1]}` continues it." if _RUN else "."
+    def resume_hint(self) -> str:
+        return (
+            f". Fix: `liquid-search resume {self.run_path}` continues it." if self.run_path else "."
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -363,16 +375,17 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     # Tune's own progress tables repeat what our one line per trial says.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    signal.signal(signal.SIGINT, _on_sigint)
+    stop = args.stop = _Stop()
+    signal.signal(signal.SIGINT, stop.on_sigint)
     try:
         return args.fn(args)
     except Interrupted as e:
-        _STOPPING.append(True)  # a Ctrl-C while Ray shuts down ends the process at once
+        stop.stopping = True  # a Ctrl-C while Ray shuts down ends the process at once
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        _STOPPING.append(True)
-        print("error: interrupted (Ctrl-C)" + _resume_hint(), file=sys.stderr)
+        stop.stopping = True
+        print("error: interrupted (Ctrl-C)" + stop.resume_hint(), file=sys.stderr)
         return 130
     except SearchError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -8,7 +8,6 @@ finished trials, the rest run; each stage starts from the best point of the one 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import replace
 from typing import Any
@@ -24,7 +23,6 @@ from search.report import write_report
 from search.rundir import Best, RunDir, RunInfo
 from search.spec import SearchSpec
 from search.stages import run_stage
-from search.trainable import parse_fault
 
 log = logging.getLogger("liquid_search")
 
@@ -71,8 +69,8 @@ def run(
     if not run_dir.is_run():
         run_dir.write_spec(spec)
     refs, ds = prepare(ds)
-    run_dir.write_info(RunInfo(source=source, data=ds.info, columns=ds.columns.to_dict()))
-    fault = parse_fault(os.environ.get("LIQUID_SEARCH_FAULT"))
+    run_dir.write_info(RunInfo(source=source, data=ds.info, columns=ds.columns.to_dict(),
+                               precision=spec.train.precision))  # fmt: skip
 
     base_model, base_train = spec.model, spec.train
     bests: list[Best] = []
@@ -85,7 +83,7 @@ def run(
             best = run_dir.read_best(st.name)
         if best is None:
             data = {"train": refs["train"], "val": refs["val"]}
-            best = run_stage(spec, st, run_dir, base_model, base_train, data, fault=fault)
+            best = run_stage(spec, st, run_dir, base_model, base_train, data)
         else:
             log.info(
                 f"[{st.name}] already done: best {best.metric} {best.value:.3f} at {best.point}"

@@ -13,19 +13,16 @@ from dataclasses import asdict, replace
 from typing import Any
 
 import ray
-import torch
 
 from ranker import checkpoint
-from ranker.costs import cost_metrics
+from ranker import device as devices
+from ranker.backtest import backtest
 from ranker.data import Dataset
-from ranker.device import cap_gpu_memory, gpu_stats
-from ranker.metrics import daily, summarize
 from ranker.model import ModelConfig, MultiBranchRanker
 from ranker.panel import Panel
 from ranker.train import TrainConfig, fit, score
 from search.rundir import Best, RunDir, Series
 from search.spec import SearchSpec
-from search.trainable import trial_device
 
 log = logging.getLogger("liquid_search")
 
@@ -36,10 +33,7 @@ def _train_task(
     threads: int, gpu: float,
 ) -> dict[str, Any]:  # fmt: skip
     """Train one model on the cluster (on the GPU it reserved, if any); weights and scores."""
-    torch.set_num_threads(max(1, threads))
-    device = trial_device(gpu)
-    if device == "cuda":
-        cap_gpu_memory(gpu)
+    device = devices.setup(threads, gpu)
     lines: list[str] = []
     result = fit(ModelConfig.from_dict(mc), TrainConfig.from_dict(tc), train, val,
                  log=lines.append, device=device)  # fmt: skip
@@ -55,7 +49,7 @@ def _train_task(
         "device": device,
         "log": lines,
     }
-    out |= gpu_stats(device)
+    out |= devices.gpu_stats(device)
     return out
 
 
@@ -83,31 +77,7 @@ def run_final(
             model_cfg.to_dict(), tc.to_dict(), refs["full_train"], refs["val"], refs["test"], *args
         )
     out = dict(zip(jobs, ray.get(list(jobs.values())), strict=True))
-    test, val = ds.test, ds.val
-    parts = {}
-    for name, r in out.items():
-        for line in r["log"]:
-            log.info(f"[{name}]{line}")
-        d = daily(test.bounds, r["test_scores"], test.returns, k=tc.k)
-        dv = daily(val.bounds, r["val_scores"], val.returns, k=tc.k)
-        run.write_final_series(name, "test", Series.from_daily(d, test))
-        run.write_final_series(name, "val", Series.from_daily(dv, val))
-        part = {
-            "val": r["val"],
-            "test": summarize(d),
-            "costs": cost_metrics(d, test.symbol_ids, spec.costs),
-            "best_epoch": r["best_epoch"],
-            "seconds": r["seconds"],
-            "device": r["device"],
-            "history": r["history"],
-        }
-        for k in ("gpu", "gpu_peak_mb"):
-            if k in r:
-                part[k] = r[k]
-        if test.oracle is not None:
-            part["oracle_test"] = summarize(daily(test.bounds, test.oracle, test.returns, k=tc.k))
-        parts[name] = part
-
+    parts = {name: _evaluate(name, r, ds, tc.k, spec, run) for name, r in out.items()}
     final = out["final"]
     model = MultiBranchRanker.from_state(final["config"], final["state"])
     metrics = {"val": parts["final"]["val"], "test": parts["final"]["test"]}
@@ -125,8 +95,33 @@ def run_final(
         "data": ds.info,
         "costs_model": asdict(spec.costs),
     }
+    _say_results(parts, spec.train.metric)
+    return summary
+
+
+def _evaluate(
+    name: str, r: dict[str, Any], ds: Dataset, k: int, spec: SearchSpec, run: RunDir
+) -> dict[str, Any]:
+    """One trained model's part of the summary: its backtests on val and test (per-date
+    series written to the run), costs, the oracle's test metrics, training facts."""
+    for line in r["log"]:
+        log.info(f"[{name}]{line}")
+    bt = backtest(ds.test, r["test_scores"], k, spec.costs)
+    bv = backtest(ds.val, r["val_scores"], k, spec.costs)
+    run.write_final_series(name, "test", Series.from_daily(bt.daily, ds.test))
+    run.write_final_series(name, "val", Series.from_daily(bv.daily, ds.val))
+    part = {"val": r["val"], "test": bt.metrics, "costs": bt.costs, "best_epoch": r["best_epoch"],
+            "seconds": r["seconds"], "device": r["device"], "history": r["history"]}  # fmt: skip
+    for key in ("gpu", "gpu_peak_mb"):
+        if key in r:
+            part[key] = r[key]
+    if bt.oracle is not None:
+        part["oracle_test"] = bt.oracle
+    return part
+
+
+def _say_results(parts: dict[str, dict[str, Any]], m: str) -> None:
     f = parts["final"]
-    m = spec.train.metric
     log.info(
         f"[final] val {m} {f['val'][m]:.2f} | test IC sharpe {f['test']['ic_sharpe']:.2f} "
         f"mean IC {f['test']['mean_ic']:+.4f} L/S sharpe {f['test']['ls_sharpe']:.2f} "
@@ -138,4 +133,3 @@ def run_final(
             f"[baseline] full-universe model on the liquid test set: IC sharpe "
             f"{b['ic_sharpe']:.2f} mean IC {b['mean_ic']:+.4f} L/S sharpe {b['ls_sharpe']:.2f}"
         )
-    return summary

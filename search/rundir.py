@@ -1,17 +1,10 @@
 """The run directory: every file of a run, its name and its format, in one place.
 
-    RUN_DIR/spec.yaml                 the resolved spec                        SearchSpec
-    RUN_DIR/run.json                  the data the run was started on          RunInfo
-    RUN_DIR/stages.json               the directory of each stage's latest attempt (after reruns)
-    RUN_DIR/<stage>/                  Tune's experiment (read only through Tune's API), and:
-    RUN_DIR/<stage>/results.csv       one row per trial, for people and code   TrialRow
-    RUN_DIR/<stage>/best.json         the selected point and its configs       Best
-    RUN_DIR/<stage>/<trial>/checkpoint_*/{state.pt, daily.npz, point.json}    TrialCheckpoint
-    RUN_DIR/final/model.pt            the final model (ranker.checkpoint format)
-    RUN_DIR/final/<model>_<split>_daily.npz   per-date series                  Series
-    RUN_DIR/summary.json              stages, final and baseline metrics, costs
-    RUN_DIR/analysis.json             overfitting analysis (PBO, DSR, top configs on test)
-    RUN_DIR/report.md, report.html, report/*.png
+docs/run-directory.md lists the files for users (tests/test_layers.py checks it names every one
+defined here); here each has its name constant and its typed record: the spec (`SearchSpec`),
+run.json (`RunInfo`), a stage's results.csv (`TrialRow`) and best.json (`Best`), a trial's
+checkpoint (`TrialCheckpoint`: `ranker.train.TrainState`, a `Series`, its point and configs),
+the final model's and baseline's per-date series (`Series`), summary.json and analysis.json.
 
 The directory is a local path or a URI (s3://, gs://); every write is atomic (`ranker.storage`).
 A stage rerun never moves a directory (object stores cannot): it runs in a new attempt
@@ -37,7 +30,7 @@ import yaml
 from ranker import storage
 from ranker.metrics import Daily
 from ranker.panel import Panel
-from ranker.train import METRICS
+from ranker.train import METRICS, TrainState
 from search.errors import RunDirError
 from search.spec import SearchSpec, StageSpec, from_dict
 
@@ -54,7 +47,7 @@ REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 REPORT_DIR = "report"
 # Inside each trial checkpoint (a directory Tune stores and hands back):
-STATE_FILE = "state.pt"  # the resumable training state (`ranker.train.Evaluation.state()`)
+STATE_FILE = "state.pt"  # the resumable training state (`ranker.train.TrainState`)
 SERIES_FILE = "daily.npz"  # the per-date val series of the trial's best evaluation so far
 POINT_FILE = "point.json"  # the grid point and the configs it resolved to
 
@@ -99,6 +92,7 @@ class RunInfo:
     source: str
     data: dict[str, Any]
     columns: dict[str, list[str]]
+    precision: str | None = None  # train.precision as the run resolved it (fp32 or bf16)
     started: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
     # Set when the driver stops: "complete", "stopped after <stage>", "interrupted" or
     # "failed: <the error>". None while it runs, or if it was killed without a chance to say.
@@ -267,7 +261,7 @@ class Series:
 class TrialCheckpoint:
     """What a trial saves with every evaluation, in the directory Tune stores for it."""
 
-    state: dict[str, Any]  # `ranker.train.Evaluation.state()`: tensors and plain values
+    state: TrainState
     series: Series | None  # the val series of the best evaluation so far
     point: dict[str, Any]
     model: dict[str, Any]
@@ -275,28 +269,24 @@ class TrialCheckpoint:
 
     def write(self, directory: str) -> None:
         """Into a local directory (Tune uploads it)."""
-        storage.write_with(storage.join(directory, STATE_FILE), lambda f: torch.save(self.state, f))
+        state = self.state.to_dict()
+        storage.write_with(storage.join(directory, STATE_FILE), lambda f: torch.save(state, f))
         if self.series is not None:
             storage.write_bytes(storage.join(directory, SERIES_FILE), self.series.to_bytes())
         doc = {"point": self.point, "model": self.model, "train": self.train}
         storage.write_text(storage.join(directory, POINT_FILE), dumps(doc))
 
 
-def read_state(directory: str) -> dict[str, Any]:
+def read_state(directory: str) -> TrainState:
     """The training state in a trial checkpoint directory (local path or URI)."""
     data = storage.read_bytes(storage.join(directory, STATE_FILE))
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    return TrainState.from_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
 
 
 def read_series(directory: str) -> Series | None:
     """The val series in a trial checkpoint directory, or None if it has none."""
     path = storage.join(directory, SERIES_FILE)
     return Series.from_bytes(storage.read_bytes(path)) if storage.exists(path) else None
-
-
-def read_point(directory: str) -> dict[str, Any]:
-    """point.json of a trial checkpoint: {point, model, train}."""
-    return json.loads(storage.read_text(storage.join(directory, POINT_FILE)))
 
 
 # ---------------------------------------------------------------- a loaded run
@@ -371,7 +361,7 @@ class Run:
                 out[r.trial_id] = s
         return out
 
-    def trial_state(self, row: TrialRow) -> dict[str, Any]:
+    def trial_state(self, row: TrialRow) -> TrainState:
         """The training state in a trial's latest checkpoint.
 
         Raises:

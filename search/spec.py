@@ -16,13 +16,14 @@ import sys
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+import numpy as np
 import yaml
 
 from ranker.config import ConfigError, build
 from ranker.costs import CostModel
 from ranker.model import ModelConfig
 from ranker.split import SplitConfig
-from ranker.train import TrainConfig
+from ranker.train import TrainConfig, resolve_precision
 from ranker.universe import UniverseConfig
 from search.errors import SearchError, SpecError
 
@@ -72,6 +73,15 @@ class StageSpec:
         return [
             dict(zip(keys, vals, strict=True)) for vals in itertools.product(*self.grid.values())
         ]
+
+    def combine(self, values: list[float]) -> float:
+        """A grid point's selection value from its replicates' values (`select`)."""
+        return float({"mean": np.mean, "median": np.median, "min": np.min}[self.select](values))
+
+    def point_text(self, config: dict[str, Any]) -> str:
+        """`key=value ...` of a trial's grid point (and replicate), for log lines and labels."""
+        keys = [*self.grid, *([REPLICATE] if self.seeds > 1 else [])]
+        return " ".join(f"{k}={config.get(k)}" for k in keys)
 
 
 @dataclass(frozen=True)
@@ -446,6 +456,16 @@ def bundled_specs() -> list[str]:
         if os.path.isdir(CONFIG_DIR)
         else []
     )
+
+
+def with_precision_resolved(spec: SearchSpec) -> SearchSpec:
+    """The spec with `train.precision: auto` replaced by what it means for the trials' device
+    (a GPU share: bf16; CPUs: bf16 with AMX on this machine, else fp32), resolved once here so
+    every trial, the final model and a later resume use the same precision."""
+    if spec.train.precision != "auto":
+        return spec
+    device = "cuda" if spec.resources.gpu > 0 else "cpu"
+    return replace(spec, train=replace(spec.train, precision=resolve_precision("auto", device)))
 
 
 def resolve_point(

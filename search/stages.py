@@ -12,7 +12,6 @@ trial raises StageFailed.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 import os
@@ -33,7 +32,8 @@ from search.errors import Interrupted, StageFailed
 from search.rundir import ERROR, FINISHED, Best, RunDir, TrialRow
 from search.spec import REPLICATE, REPLICATE_SEED_STRIDE, SearchSpec, StageSpec, resolve_point
 from search.telemetry import StageMetrics, TrialMetrics
-from search.trainable import CONFIG_ERROR, run_trial
+from search.trainable import TrialJob, run_trial
+from search.trial_result import TrialResult, config_error
 
 log = logging.getLogger("liquid_search")
 
@@ -43,12 +43,6 @@ def param_space(stage: StageSpec) -> dict[str, Any]:
     if stage.seeds > 1:
         space[REPLICATE] = tune.grid_search(list(range(stage.seeds)))
     return space
-
-
-def point_text(stage: StageSpec, config: dict[str, Any]) -> str:
-    """`key=value ...` of a trial's grid point (and replicate), for log lines."""
-    keys = [*stage.grid, *([REPLICATE] if stage.seeds > 1 else [])]
-    return " ".join(f"{k}={config.get(k)}" for k in keys)
 
 
 class Progress(tune.Callback):
@@ -90,8 +84,10 @@ class Progress(tune.Callback):
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
-        point = point_text(self.stage, trial.config)
-        self.trial_metrics.report(trial.trial_id, point, result)
+        typed = TrialResult.from_report(result)
+        if typed is not None:
+            point = self.stage.point_text(trial.config)
+            self.trial_metrics.report(trial.trial_id, point, typed)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.metrics.set_running(False)
@@ -110,20 +106,21 @@ class Progress(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.done += 1
-        r = trial.last_result or {}
-        head = f"[{self.stage.name} {self.done:3d}/{self.total}] {point_text(self.stage, trial.config)}"
-        if CONFIG_ERROR in r:
+        head = (
+            f"[{self.stage.name} {self.done:3d}/{self.total}] {self.stage.point_text(trial.config)}"
+        )
+        r = TrialResult.from_report(trial.last_result)
+        if r is None:
             self.metrics.failed()
-            self._say(f"{head} | FAILED: {r[CONFIG_ERROR]}")
+            error = config_error(trial.last_result) or "the trial ended without an evaluation"
+            self._say(f"{head} | FAILED: {error}")
             return
         self.metrics.finished()
-        nan = math.nan
+        b = r.best_metrics
         self._say(
-            f"{head} | val {self.metric} {r.get('best_' + self.metric, nan):6.2f} "
-            f"(epoch {r.get('best_epoch', '-')}) mean IC {r.get('best_mean_ic', nan):+.4f} "
-            f"long {r.get('best_long_sharpe', nan):5.2f} "
-            f"short {r.get('best_short_sharpe', nan):5.2f} | "
-            f"{r.get('train_seconds', nan):5.1f}s"
+            f"{head} | val {self.metric} {b[self.metric]:6.2f} (epoch {r.best_epoch}) mean IC "
+            f"{b['mean_ic']:+.4f} long {b['long_sharpe']:5.2f} short {b['short_sharpe']:5.2f} | "
+            f"{r.train_seconds:5.1f}s"
         )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -131,7 +128,7 @@ class Progress(tune.Callback):
         self.metrics.failed()
         self._say(
             f"[{self.stage.name} {self.done:3d}/{self.total}] "
-            f"{point_text(self.stage, trial.config)} | FAILED after {trial.num_failures} "
+            f"{self.stage.point_text(trial.config)} | FAILED after {trial.num_failures} "
             f"attempt(s) (its error is kept in results.csv)"
         )
 
@@ -175,8 +172,6 @@ def run_stage(
     base_model: ModelConfig,
     base_train: TrainConfig,
     data: dict[str, Any],
-    *,
-    fault: dict[str, Any] | None = None,
 ) -> Best:
     """Run (or, if its experiment exists unfinished, resume) one stage; write its results.
 
@@ -184,64 +179,15 @@ def run_stage(
         The stage's best point.
 
     Raises:
+        Interrupted: Tune stopped before every trial ended (Ctrl-C); nothing was selected.
         StageFailed: no trial of the stage finished an evaluation.
     """
-    exp_dir = run.stage_path(stage.name)
-    run_name = os.path.basename(run.path.rstrip("/"))
-    job = {
-        "spec": spec,
-        "base_model": base_model.to_dict(),
-        "base_train": base_train.to_dict(),
-        "stage": stage.name,
-        "point_text": functools.partial(point_text, stage),
-        "fault": fault if fault and fault.get("stage", stage.name) == stage.name else None,
-    }
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, data=data, job=job),
-        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
-    )
-    # Tune snapshots the experiment (which trial finished, each one's latest checkpoint) every
-    # TUNE_GLOBAL_CHECKPOINT_S seconds; `resume` after a crash starts from that snapshot. Its
-    # default ("auto", >= 10 s) could replay up to 10 s of every running trial; a snapshot is a
-    # small JSON file, so once a second costs little and bounds the replay to a second.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     t0 = time.time()
     relay_ctx = _Relay() if is_client() else None
-    relay = relay_ctx.queue if relay_ctx is not None else None
-    if tune.Tuner.can_restore(exp_dir):
-        log.info(f"[{stage.name}] resuming the experiment at {exp_dir} (finished trials are kept)")
-        tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True)
-    else:
-        n = len(stage.points) * stage.seeds
-        log.info(
-            f"[{stage.name}] {n} trials ({len(stage.points)} grid points x {stage.seeds} "
-            f"seed(s)), {spec.resources.cpu:g} CPU / {spec.resources.gpu:g} GPU each, from base "
-            f"{_short(base_model, base_train)}"
-        )
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space(stage),
-            tune_config=tune.TuneConfig(
-                max_concurrent_trials=spec.max_concurrent or None,
-                # A finished trial's process takes the next trial: no new process, no second
-                # import of torch and Ray Tune per trial (about 7 core-seconds each otherwise).
-                reuse_actors=True,
-                trial_dirname_creator=lambda t: f"{stage.name}_{t.trial_id}",
-            ),
-            run_config=tune.RunConfig(
-                name=run.stage_dir(stage.name),
-                storage_path=run.path,
-                verbose=0,
-                callbacks=[Progress(stage, spec.train.metric, run_name, relay)],
-                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                # Every checkpoint is kept (a trial writes epochs / eval_every of them, a few MB
-                # each): with a limit, Tune deletes old ones and must snapshot the experiment
-                # after every checkpoint to keep its state consistent, which is slow and warns.
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-            ),
-        )
+    job = TrialJob(spec, stage, base_model, base_train)
+    tuner = _tuner(job, run, data, relay_ctx.queue if relay_ctx is not None else None)
     with contextlib.ExitStack() as stack:
-        if relay is not None:
+        if relay_ctx is not None:
             stack.enter_context(relay_ctx)
         grid = tuner.fit()
     total = len(stage.points) * stage.seeds
@@ -270,6 +216,54 @@ def run_stage(
     return best
 
 
+def _tuner(job: TrialJob, run: RunDir, data: dict[str, Any], relay: Any) -> tune.Tuner:
+    """The stage's Tuner: restored when its experiment exists unfinished (finished trials are
+    kept), else a new one over the stage's grid."""
+    spec, stage = job.spec, job.stage
+    exp_dir = run.stage_path(stage.name)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, data=data, job=job),
+        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+    )
+    # Tune snapshots the experiment (which trial finished, each one's latest checkpoint) every
+    # TUNE_GLOBAL_CHECKPOINT_S seconds; `resume` after a crash starts from that snapshot. Its
+    # default ("auto", >= 10 s) could replay up to 10 s of every running trial; a snapshot is a
+    # small JSON file, so once a second costs little and bounds the replay to a second.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    if tune.Tuner.can_restore(exp_dir):
+        log.info(f"[{stage.name}] resuming the experiment at {exp_dir} (finished trials are kept)")
+        return tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True)
+    n = len(stage.points) * stage.seeds
+    log.info(
+        f"[{stage.name}] {n} trials ({len(stage.points)} grid points x {stage.seeds} "
+        f"seed(s)), {spec.resources.cpu:g} CPU / {spec.resources.gpu:g} GPU each, from base "
+        f"{_short(job.base_model, job.base_train)}"
+    )
+    run_name = os.path.basename(run.path.rstrip("/"))
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(stage),
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=spec.max_concurrent or None,
+            # A finished trial's process takes the next trial: no new process, no second
+            # import of torch and Ray Tune per trial (about 7 core-seconds each otherwise).
+            reuse_actors=True,
+            trial_dirname_creator=lambda t: f"{stage.name}_{t.trial_id}",
+        ),
+        run_config=tune.RunConfig(
+            name=run.stage_dir(stage.name),
+            storage_path=run.path,
+            verbose=0,
+            callbacks=[Progress(stage, spec.train.metric, run_name, relay)],
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            # Every checkpoint is kept (a trial writes epochs / eval_every of them, a few MB
+            # each): with a limit, Tune deletes old ones and must snapshot the experiment
+            # after every checkpoint to keep its state consistent, which is slow and warns.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+        ),
+    )
+
+
 def _short(m: ModelConfig, t: TrainConfig) -> str:
     return (
         f"hidden=({m.fund_hidden},{m.price_hidden},{m.news_hidden}) "
@@ -286,14 +280,12 @@ def collect(stage: StageSpec, run: RunDir, base_train: TrainConfig, grid: Any) -
     keys = list(stage.grid)
     for result in grid:
         cfg = dict(result.config or {})
-        m = result.metrics or {}
+        r = TrialResult.from_report(result.metrics)
         error = ""
         if result.error is not None:
             error = f"{type(result.error).__name__}: {_error_line(str(result.error))}"
-        elif CONFIG_ERROR in m:
-            error = m[CONFIG_ERROR]
-        elif "epoch" not in m:
-            error = "the trial ended without an evaluation"
+        elif r is None:
+            error = config_error(result.metrics) or "the trial ended without an evaluation"
         rep = int(cfg.get(REPLICATE, 0))
         ck = result.checkpoint
         rows.append(
@@ -304,18 +296,18 @@ def collect(stage: StageSpec, run: RunDir, base_train: TrainConfig, grid: Any) -
                 seed=base_train.seed + REPLICATE_SEED_STRIDE * rep,
                 status=ERROR if error else FINISHED,
                 error=error,
-                epochs=int(m.get("epoch", 0)),
-                best_epoch=int(m.get("best_epoch", 0)),
-                metrics={k: float(m.get(f"best_{k}", math.nan)) for k in METRICS},
-                train_seconds=float(m.get("train_seconds", math.nan)),
-                restored=int(m.get("restored", 0)),
-                node_id=str(m.get("node_id", "")),
-                device=str(m.get("device", "")),
-                gpu=str(m.get("gpu", "")),
-                gpu_peak_mb=float(m.get("gpu_peak_mb", math.nan)),
-                data_zero_copy=bool(m.get("data_zero_copy", False)),
-                mem_private_mb=float(m.get("mem_private_mb", math.nan)),
-                mem_rss_mb=float(m.get("mem_rss_mb", math.nan)),
+                epochs=r.epoch if r else 0,
+                best_epoch=r.best_epoch if r else 0,
+                metrics=dict(r.best_metrics) if r else dict.fromkeys(METRICS, math.nan),
+                train_seconds=r.train_seconds if r else math.nan,
+                restored=r.restored if r else 0,
+                node_id=r.node_id if r else "",
+                device=r.device if r else "",
+                gpu=r.gpu if r else "",
+                gpu_peak_mb=r.gpu_peak_mb if r else math.nan,
+                data_zero_copy=r.data_zero_copy if r else False,
+                mem_private_mb=r.mem_private_mb if r else math.nan,
+                mem_rss_mb=r.mem_rss_mb if r else math.nan,
                 checkpoint=run.relative(ck.path) if ck is not None else "",
             )
         )
@@ -338,12 +330,11 @@ def select(
         StageFailed: no trial finished an evaluation.
     """
     metric = spec.train.metric
-    combine = {"mean": np.mean, "median": np.median, "min": np.min}[stage.select]
     scored = []
     for i, p in enumerate(stage.points):
         vals = [r.metrics[metric] for r in rows if r.matches(p) and r.finished(metric)]
         if vals:
-            scored.append((float(combine(vals)), -i, p, vals))
+            scored.append((stage.combine(vals), -i, p, vals))
     if not scored:
         errors = [r.error for r in rows if r.error]
         raise StageFailed(
@@ -401,12 +392,13 @@ def live_trials(run: RunDir, stage: StageSpec) -> list[LiveTrial] | None:
         df = frames.get(t.trial_id)
         if df is not None and len(df) and "epoch" in df:
             fresh = df.iloc[-1].to_dict()  # result.json can be newer than the snapshot
-            if int(fresh.get("epoch", 0)) >= int(last.get("epoch", 0)):
+            if int(fresh.get("epoch", 0)) >= int(last.get("epoch") or 0):
                 last = fresh
             if status == "PENDING":  # the snapshot predates its first report
                 status = "RUNNING"
         cfg = t.config or {}
-        error = str(last.get(CONFIG_ERROR, "")) or (
+        r = TrialResult.from_report(last)
+        error = config_error(last) or (
             _error_line(t.get_error() or "") if t.status == "ERROR" else ""
         )
         out.append(
@@ -415,10 +407,10 @@ def live_trials(run: RunDir, stage: StageSpec) -> list[LiveTrial] | None:
                 point={k: float(cfg[k]) for k in stage.grid if k in cfg},
                 replicate=int(cfg.get(REPLICATE, 0)),
                 status="ERROR" if error else status,
-                epoch=int(last.get("epoch", 0) or 0),
-                best_epoch=int(last.get("best_epoch", 0) or 0),
-                metrics={k: float(last.get(f"best_{k}", math.nan)) for k in METRICS},
-                node_id=str(last.get("node_id", "") or ""),
+                epoch=r.epoch if r else 0,
+                best_epoch=r.best_epoch if r else 0,
+                metrics=dict(r.best_metrics) if r else dict.fromkeys(METRICS, math.nan),
+                node_id=r.node_id if r else "",
                 error=error,
             )
         )

@@ -12,27 +12,34 @@ Every series carries `run` (the run directory's name) and `stage`; a trial's als
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 from ray.util.metrics import Counter, Gauge
+
+from search.trial_result import TrialResult
 
 PREFIX = "liquid_search_"
 TRIAL_TAGS = ("run", "stage", "trial_id", "point")
 STAGE_TAGS = ("run", "stage")
 
-# Gauge name -> (description, the evaluation's key it reports).
-TRIAL_GAUGES: dict[str, tuple[str, str]] = {
-    "val_ic_sharpe": ("validation IC Sharpe at this evaluation", "ic_sharpe"),
-    "val_mean_ic": ("validation mean daily IC at this evaluation", "mean_ic"),
-    "val_ls_sharpe": ("validation long/short Sharpe at this evaluation", "ls_sharpe"),
-    "val_long_sharpe": ("validation long-book Sharpe at this evaluation", "long_sharpe"),
-    "val_short_sharpe": ("validation short-book Sharpe at this evaluation", "short_sharpe"),
-    "best_val_ic_sharpe": ("best validation IC Sharpe of the trial so far", "best_ic_sharpe"),
-    "best_val_mean_ic": ("validation mean IC of the trial's best evaluation", "best_mean_ic"),
-    "epoch": ("epochs the trial has completed", "epoch"),
-    "train_loss": ("mean training loss of the last epoch", "train_loss"),
-    "train_seconds": ("seconds the trial has trained", "train_seconds"),
-}
+# Gauge name -> (description, the value of a reported result it shows).
+TRIAL_GAUGES: dict[str, tuple[str, Callable[[TrialResult], float]]] = {
+    "val_ic_sharpe": ("validation IC Sharpe at this evaluation", lambda r: r.metrics["ic_sharpe"]),
+    "val_mean_ic": ("validation mean daily IC at this evaluation", lambda r: r.metrics["mean_ic"]),
+    "val_ls_sharpe": ("validation long/short Sharpe at this evaluation",
+                      lambda r: r.metrics["ls_sharpe"]),
+    "val_long_sharpe": ("validation long-book Sharpe at this evaluation",
+                        lambda r: r.metrics["long_sharpe"]),
+    "val_short_sharpe": ("validation short-book Sharpe at this evaluation",
+                         lambda r: r.metrics["short_sharpe"]),
+    "best_val_ic_sharpe": ("best validation IC Sharpe of the trial so far",
+                           lambda r: r.best_metrics["ic_sharpe"]),
+    "best_val_mean_ic": ("validation mean IC of the trial's best evaluation",
+                         lambda r: r.best_metrics["mean_ic"]),
+    "epoch": ("epochs the trial has completed", lambda r: r.epoch),
+    "train_loss": ("mean training loss of the last epoch", lambda r: r.train_loss),
+    "train_seconds": ("seconds the trial has trained", lambda r: r.train_seconds),
+}  # fmt: skip
 STAGE_COUNTERS = {
     "trials_finished": "trials of the stage that finished (each counted once)",
     "trials_failed": "trials of the stage that failed after their retries",
@@ -58,16 +65,15 @@ class TrialMetrics:
 
     def __init__(self, run: str, stage: str) -> None:
         self.run, self.stage = run, stage
-        self.gauges = {
-            name: (Gauge(PREFIX + name, description=desc, tag_keys=TRIAL_TAGS), key)
-            for name, (desc, key) in TRIAL_GAUGES.items()
-        }
+        self.gauges = [
+            (Gauge(PREFIX + name, description=desc, tag_keys=TRIAL_TAGS), value)
+            for name, (desc, value) in TRIAL_GAUGES.items()
+        ]
 
-    def report(self, trial_id: str, point: str, result: dict[str, Any]) -> None:
+    def report(self, trial_id: str, point: str, result: TrialResult) -> None:
         tags = {"run": self.run, "stage": self.stage, "trial_id": trial_id, "point": point}
-        for gauge, key in self.gauges.values():
-            if key in result:
-                gauge.set(float(result[key]), tags=tags)
+        for gauge, value in self.gauges:
+            gauge.set(float(value(result)), tags=tags)
 
 
 class StageMetrics:

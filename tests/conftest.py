@@ -1,4 +1,7 @@
-"""Shared fixtures: a tiny seeded synthetic market on disk, one local Ray, one smoke run."""
+"""Shared fixtures: a tiny seeded synthetic market on disk, one local Ray, one smoke run; and
+the test tiers: every test that starts Ray (in this process or through a `liquid-search`
+subprocess), a cluster, a server or a browser is marked `ray` here, by the fixtures it uses, so
+`pytest -m "not ray"` runs the rest in a couple of minutes."""
 
 from __future__ import annotations
 
@@ -14,6 +17,35 @@ from tests.cluster_util import LocalCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "configs" / "smoke.yaml"
+FAULTS = ROOT / "tests" / "faults.py"  # `liquid-search` with a fault injected into one trial
+
+# The fixtures that start Ray, a cluster, a server or a browser (and, through them, every fixture
+# built on one: smoke_run, grid_run, ...). A test that needs one of these and no fixture of its
+# own asks for `spawns_ray`.
+HEAVY_FIXTURES = frozenset({"ray_local", "make_cluster", "spawns_ray"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        heavy = HEAVY_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if heavy or any(item.iter_markers(name="cluster")) or any(item.iter_markers(name="cloud")):
+            item.add_marker(pytest.mark.ray)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_starts_no_ray(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """A test outside the `ray` tier that starts Ray anyway (a `liquid-search run` subprocess,
+    say) fails at once instead of quietly slowing the fast tier: Ray is pointed at a closed
+    port."""
+    if request.node.get_closest_marker("ray") is None:
+        monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")  # unmarked: give it `spawns_ray`
+
+
+@pytest.fixture(scope="session")
+def spawns_ray() -> None:
+    """Marks a test (or fixture) that starts Ray, a server or a browser of its own, e.g. by
+    running `liquid-search run` in a subprocess: it belongs to the `ray` tier."""
+
 
 # A market small enough to build in a second, large enough for >= 10 names per val/test date.
 TINY = {"n_symbols": 400, "n_dates": 250, "signal": 4.0, "seed": 0}
@@ -93,8 +125,8 @@ class Lines(logging.Handler):
 def run_search(sp, run_dir: Path | str, **kwargs):
     """driver.run as the CLI calls it: load the spec's data, then run in `run_dir`."""
     from search import driver
-    from search.data import data_source, load_data
     from search.rundir import RunDir
+    from search.source import data_source, load_data
 
     source = data_source(sp, kwargs.pop("source", None))
     return driver.run(sp, RunDir(str(run_dir)), load_data(sp, source), source, **kwargs)

@@ -13,12 +13,12 @@ import torch
 
 from ranker.metrics import evaluate_bounds
 from ranker.model import ModelConfig, MultiBranchRanker
-from ranker.overfit import deflated_sharpe_ratio
+from ranker.overfit_stats import deflated_sharpe_ratio
 from ranker.train import METRICS, score
 from search.analysis import analyze, point_table, selected_trial, top_test
 from search.errors import RunDirError
-from search.overfitting import blocks_for, selected_dsr, series_pbo, stage_pbo
 from search.rundir import RunDir, Series
+from search.stage_overfit import blocks_for, selected_dsr, series_pbo, stage_pbo
 
 STAGES = ["architecture", "training", "dropout"]
 

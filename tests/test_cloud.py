@@ -23,14 +23,14 @@ import pytest
 from ranker import checkpoint, storage
 from search.rundir import RunDir
 from tests.cluster_util import free_port
-from tests.conftest import SMOKE
+from tests.conftest import FAULTS, SMOKE
 
 pytestmark = pytest.mark.cloud
 STAGES = ["architecture", "training", "dropout"]
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory, tiny_market: Path):
+def s3(tmp_path_factory: pytest.TempPathFactory, tiny_market: Path, spawns_ray):
     """A moto S3 server with bucket `liquid` holding the tiny market under market/; the
     environment a client needs (yielded), set for this process too."""
     port = free_port()
@@ -135,13 +135,13 @@ def test_resume_on_object_storage_after_sigkill(s3, make_cluster, tmp_path):
     fault = {"stage": "architecture", "point": stuck, "epoch": 2, "mode": "hang",
              "marker": str(marker)}  # fmt: skip
     run = "s3://liquid/runs/killed"
-    args = [sys.executable, "-m", "search.cli", "run", "--address", cluster.address, "--config",
+    args = [sys.executable, str(FAULTS), json.dumps(fault), "run", "--address", cluster.address, "--config",
             str(SMOKE), "--data", "s3://liquid/market", "--storage", "s3://liquid/runs",
             "--name", "killed", "max_concurrent=1", "train.epochs=4", "final.baseline=false",
             "stages.architecture.grid={latent_scale: [0.5, 1.0], news_alpha: [0.6, 0.8, 1.0]}"]  # fmt: skip
     with open(tmp_path / "driver.log", "w") as log:
         proc = subprocess.Popen(args, cwd=cwd, stdout=log, stderr=log, start_new_session=True,
-                                env={**cluster.env(), "LIQUID_SEARCH_FAULT": json.dumps(fault)})  # fmt: skip
+                                env=cluster.env())  # fmt: skip
     try:
         deadline = time.time() + 300
         while True:  # stuck after its epoch-2 checkpoint, and Tune's record in the bucket says so

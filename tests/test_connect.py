@@ -40,7 +40,7 @@ def test_resources_no_node_has_are_refused_with_the_fix():
     assert "resources.cpu=4 or less" in resource_problem(8, 0, cpu_only, autoscale=False)
 
 
-def test_a_gpu_request_on_a_cluster_without_gpus_ends_at_once(tiny_market, tmp_path):
+def test_a_gpu_request_on_a_cluster_without_gpus_ends_at_once(tiny_market, tmp_path, spawns_ray):
     env = {**os.environ, "RAY_ADDRESS": "local"}
     t = time.time()
     r = subprocess.run([sys.executable, "-m", "search.cli", "run", "--config", str(SMOKE),

@@ -13,7 +13,8 @@ from ranker.costs import (
     turnover,
     turnover_costs,
 )
-from ranker.metrics import ANN, daily, daily_by_date
+from ranker.metrics import ANN, daily
+from tests.reference import daily_by_date
 
 
 def random_inputs(seed: int = 0, n_dates: int = 40, names: int = 30):

@@ -118,3 +118,33 @@ def test_only_rundir_spells_run_file_names():
                         f"{path}:{node.lineno} spells the run file {node.value!r}; ask "
                         f"search.rundir for it"
                     )
+
+
+LONG = 80  # lines; a longer function says why in its docstring
+WHY_LONG = "long because"
+
+
+def test_long_functions_say_why():
+    """STYLE.md: a function does one job; past ~80 lines its docstring says why it cannot be
+    split (with the words "long because")."""
+    long = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > LONG and WHY_LONG not in (ast.get_docstring(node) or ""):
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines})")
+    assert not long, f"functions over {LONG} lines without a reason: {long}"
+
+
+def test_the_run_directory_doc_lists_every_file():
+    """docs/run-directory.md is the one listing of a run's files for users; search/rundir.py
+    names them in code. Every name the code defines is in the doc."""
+    import search.rundir as rundir
+
+    doc = (ROOT / "docs" / "run-directory.md").read_text()
+    names = [v for k, v in vars(rundir).items()
+             if k.isupper() and k.endswith(("_FILE", "_DIR", "_MD", "_HTML")) and isinstance(v, str)]  # fmt: skip
+    assert len(names) >= 12, names
+    missing = [n for n in names if n not in doc]
+    assert not missing, f"docs/run-directory.md does not mention {missing}"

@@ -10,15 +10,8 @@ import pytest
 from scipy.stats import spearmanr
 
 from ranker import metrics
-from ranker.metrics import (
-    ANN,
-    daily,
-    daily_by_date,
-    evaluate,
-    evaluate_bounds,
-    spearman_by_date,
-    summarize,
-)
+from ranker.metrics import ANN, daily, evaluate_bounds, spearman_by_date, summarize
+from tests.reference import daily_by_date, evaluate
 
 KEYS = [
     "ic_sharpe",

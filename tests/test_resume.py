@@ -1,7 +1,7 @@
 """Interrupts and resumes: the guarantees the README states, checked by waiting for states.
 
-A stage of six trials runs one trial at a time; the fault hook makes the fourth trial hang right
-after its epoch-2 checkpoint. The tests wait until that trial is stuck and Tune's own record of
+A stage of six trials runs one trial at a time; an injected fault (`tests/faults.py`) makes the
+fourth trial hang right after its epoch-2 checkpoint. The tests wait until that trial is stuck and Tune's own record of
 the experiment (its snapshot, read through `tune.ExperimentAnalysis`) shows the finished trials
 and the stuck one's checkpoint; then they interrupt the driver (Ctrl-C, or SIGKILL) and resume:
 - every trial ends at its full epochs and the stage is selected from all six;
@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from search.rundir import RunDir
-from tests.conftest import SMOKE
+from tests.conftest import FAULTS, SMOKE
 
 GRID = "stages.architecture.grid={latent_scale: [0.5, 1.0], news_alpha: [0.6, 0.8, 1.0]}"
 STUCK = {
@@ -33,10 +33,14 @@ STUCK = {
 EPOCHS = 4
 
 
-def _args(market: Path, storage: Path, name: str) -> list[str]:
-    return [sys.executable, "-m", "search.cli", "run", "--config", str(SMOKE), "--storage",
-            str(storage), "--name", name, f"data.source={market}", GRID,
-            f"train.epochs={EPOCHS}", "max_concurrent=1", "final.baseline=false"]  # fmt: skip
+def _args(market: Path, storage: Path, name: str, fault: dict | None = None) -> list[str]:
+    """The run's command line; with a fault, through `tests/faults.py`."""
+    cli = [sys.executable, "-m", "search.cli"]
+    if fault is not None:
+        cli = [sys.executable, str(FAULTS), json.dumps(fault)]
+    return [*cli, "run", "--config", str(SMOKE), "--storage", str(storage), "--name", name,
+            f"data.source={market}", GRID, f"train.epochs={EPOCHS}", "max_concurrent=1",
+            "final.baseline=false"]  # fmt: skip
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -76,9 +80,8 @@ def _interrupt_when_stuck(market: Path, storage: Path, name: str, sig: int) -> t
     log_path = storage / f"{name}.log"
     storage.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(_args(market, storage, name), stdout=log, stderr=log,
-                                env=_env(LIQUID_SEARCH_FAULT=json.dumps(fault)),
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(_args(market, storage, name, fault), stdout=log, stderr=log,
+                                env=_env(), start_new_session=True)  # fmt: skip
     stage_dir = storage / name / "architecture"
     try:
         deadline = time.time() + 300
@@ -131,7 +134,7 @@ def _check_resumed(market: Path, storage: Path, name: str, before: dict, clean: 
 
 
 @pytest.fixture(scope="module")
-def clean_run(tiny_market: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def clean_run(tiny_market: Path, tmp_path_factory: pytest.TempPathFactory, spawns_ray) -> Path:
     storage = tmp_path_factory.mktemp("clean")
     r = subprocess.run(_args(tiny_market, storage, "clean"), capture_output=True, text=True,
                        env=_env(), timeout=400)  # fmt: skip
@@ -157,15 +160,15 @@ def test_sigkill_mid_stage_then_resume(tiny_market, tmp_path, clean_run):
     _check_resumed(tiny_market, tmp_path, "r", before, clean_run)
 
 
-def test_second_ctrl_c_stops_at_once_without_a_traceback(tiny_market, tmp_path):
+def test_second_ctrl_c_stops_at_once_without_a_traceback(tiny_market, tmp_path, spawns_ray):
     """Ctrl-C twice while a trial hangs: the run stops at once with one line and exit 130."""
     storage = tmp_path
     marker = storage / "hung"
     fault = {"stage": "architecture", "point": {"latent_scale": 0.5, "news_alpha": 0.6},
              "epoch": 1, "mode": "hang", "marker": str(marker)}  # fmt: skip
-    proc = subprocess.Popen(_args(tiny_market, storage, "r2"), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(_args(tiny_market, storage, "r2", fault), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env=_env(LIQUID_SEARCH_FAULT=json.dumps(fault)))  # fmt: skip
+                            env=_env())  # fmt: skip
     try:
         deadline = time.time() + 300
         while not marker.exists():

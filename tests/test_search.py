@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from ranker import checkpoint
-from search.rundir import RunDir, read_point
-from tests.conftest import SMOKE, Lines, run_search, smoke_spec
+from search.rundir import POINT_FILE, RunDir
+from tests import faults
+from tests.conftest import FAULTS, SMOKE, Lines, run_search, smoke_spec
 
 STAGES = ["architecture", "training", "dropout"]
 
@@ -63,7 +64,8 @@ def test_each_stage_starts_from_the_previous_best(smoke_run: Path):
     assert {k: drop.train[k] for k in keys} == {k: train.train[k] for k in keys}
     # And every trial of stage 2 really trained stage 1's best architecture.
     for r in run.stage("training").rows:
-        assert read_point(run.dir.resolve(r.checkpoint))["model"] == arch.model
+        point = json.loads((Path(run.dir.resolve(r.checkpoint)) / POINT_FILE).read_text())
+        assert point["model"] == arch.model
     assert run.summary["final"]["model"] == {**drop.model}
 
 
@@ -106,8 +108,8 @@ def test_stage_rerun_alone_gives_the_same_best(smoke_run: Path, tmp_path):
 def test_failing_trial_is_reported_and_stage_completes(
     tiny_market, ray_local, tmp_path, monkeypatch
 ):
-    monkeypatch.setenv("LIQUID_SEARCH_FAULT", json.dumps(
-        {"stage": "architecture", "point": {"latent_scale": 0.5}, "epoch": 1, "mode": "always"}))  # fmt: skip
+    faults.inject(monkeypatch, {"stage": "architecture", "point": {"latent_scale": 0.5},
+                                "epoch": 1, "mode": "always"})  # fmt: skip
     sp = smoke_spec(tiny_market, max_failures=1)
     with Lines() as lines:
         run_search(sp, tmp_path / "run", stop_after="architecture")
@@ -144,8 +146,8 @@ def test_a_grid_point_no_config_accepts_fails_alone(tiny_market, ray_local, tmp_
 def test_retried_trial_resumes_from_its_checkpoint(tiny_market, ray_local, tmp_path, monkeypatch):
     sp = smoke_spec(tiny_market)
     run_search(sp, tmp_path / "clean", stop_after="architecture")
-    monkeypatch.setenv("LIQUID_SEARCH_FAULT", json.dumps(
-        {"stage": "architecture", "point": {"latent_scale": 0.5}, "epoch": 1, "mode": "once"}))  # fmt: skip
+    faults.inject(monkeypatch, {"stage": "architecture", "point": {"latent_scale": 0.5},
+                                "epoch": 1, "mode": "once"})  # fmt: skip
     run_search(sp, tmp_path / "faulty", stop_after="architecture")
     rows = {}
     for name in ("clean", "faulty"):
@@ -182,11 +184,12 @@ def test_mistakes_end_in_one_line_and_write_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing was written"
 
 
-def test_a_stage_where_every_trial_fails_ends_in_one_line(tiny_market, tmp_path):
-    env = {**os.environ, "RAY_ADDRESS": "local", "LIQUID_SEARCH_FAULT": json.dumps(
-        {"stage": "architecture", "epoch": 1, "mode": "always"})}  # fmt: skip
-    r = _cli("run", "--config", str(SMOKE), "--storage", str(tmp_path), "--name", "r",
-             f"data.source={tiny_market}", "max_failures=0", env=env)  # fmt: skip
+def test_a_stage_where_every_trial_fails_ends_in_one_line(tiny_market, tmp_path, spawns_ray):
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+    fault = json.dumps({"stage": "architecture", "epoch": 1, "mode": "always"})
+    r = subprocess.run([sys.executable, str(FAULTS), fault, "run", "--config", str(SMOKE),
+                        "--storage", str(tmp_path), "--name", "r", f"data.source={tiny_market}",
+                        "max_failures=0"], capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
     assert r.returncode == 2, r.stderr[-3000:]
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: stage 'architecture': none of its 2 trials finished"), last

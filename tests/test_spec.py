@@ -58,7 +58,7 @@ def test_bad_override_is_attributed_to_the_command_line():
     with pytest.raises(specmod.SpecError) as e:
         specmod.load(CONFIGS[0], ["train.precision=fp16", "train.epochs=3"])
     assert e.value.errors == [
-        "train.precision='fp16': must be one of ['fp32', 'bf16'] (set on the command line)"
+        "train.precision='fp16': must be one of ['fp32', 'bf16', 'auto'] (set on the command line)"
     ]
     assert str(e.value).startswith(f"{CONFIGS[0]}: train.precision='fp16'")
 

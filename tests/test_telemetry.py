@@ -209,7 +209,9 @@ def test_every_trial_wrote_tensorboard_events_with_its_metrics(smoke_run: Path):
             assert values["ray/tune/best_ic_sharpe"][-1] == pytest.approx(row.metrics["ic_sharpe"])
 
 
-def test_status_watch_follows_a_run_in_flight_and_exits_when_it_ends(tiny_market, tmp_path):
+def test_status_watch_follows_a_run_in_flight_and_exits_when_it_ends(
+    tiny_market, tmp_path, spawns_ray
+):
     env = {**os.environ, "RAY_ADDRESS": "local", "PYTHONUNBUFFERED": "1"}
     run_dir = tmp_path / "runs" / "w"
     args = [sys.executable, "-m", "search.cli", "run", "--config", str(SMOKE), "--storage",

@@ -14,7 +14,7 @@ from ranker.metrics import evaluate_bounds
 from ranker.model import ModelConfig, MultiBranchRanker
 from ranker.pairs import sample_pairs
 from ranker.panel import from_bf16_bits, to_bf16_bits
-from ranker.train import TrainConfig, fit, score
+from ranker.train import TrainConfig, TrainState, fit, score
 
 SMALL = ModelConfig(fund_hidden=16, price_hidden=8, news_hidden=16, fundamental_latent=8,
                     price_latent=4, news_latent=8)  # fmt: skip
@@ -120,9 +120,10 @@ def test_resume_continues_exactly(tiny_dataset):
     import io
 
     buf = io.BytesIO()
-    torch.save(states[2], buf)
+    torch.save(states[2].to_dict(), buf)
     buf.seek(0)
-    state = torch.load(buf, weights_only=True)
+    state = TrainState.from_dict(torch.load(buf, weights_only=True))
+    assert state.progress.epoch == 2 and state.progress.restored == 0
     resumed = fit(SMALL, tc, tiny_dataset.train, tiny_dataset.val, resume=state)
     assert resumed.metrics == full.metrics
     assert [h["epoch"] for h in resumed.history] == [2, 4]

@@ -48,8 +48,8 @@ def overfitting_section(doc: Doc, analysis: dict[str, Any]) -> None:
         "out-of-sample median. About 0.5 or more: the stage's ranking does not carry over. "
         "DSR: deflated Sharpe ratio of the selected trial's daily val IC, the probability that "
         "its true IC Sharpe beats the best of N skill-less trials, N = every trial so far in the "
-        "run. Above 0.95: unlikely to be luck of the search. Sharpes here are annualised (x "
-        "sqrt(252)) with the sample std (ddof=1), so a little below the search's ic_sharpe."
+        f"run. Above 0.95: unlikely to be luck of the search. Sharpes here are annualised (x "
+        f"sqrt({ANN})), as the search's ic_sharpe."
     )
     rows = []
     entries = [(st["stage"], st["pbo"], st["dsr"]) for st in analysis["stages"]]

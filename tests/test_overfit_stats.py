@@ -11,13 +11,7 @@ import numpy as np
 import pytest
 from scipy.stats import rankdata
 
-from ranker.overfit import (
-    deflated_sharpe_ratio,
-    expected_max_sharpe,
-    mean_metric,
-    pbo,
-    probabilistic_sharpe_ratio,
-)
+from ranker.overfit_stats import deflated_sharpe_ratio, expected_max_sharpe, mean_metric, pbo
 
 PHI = NormalDist()
 EULER_GAMMA = 0.57721566490153286060651209008240243104215933593992
@@ -29,11 +23,10 @@ EULER_GAMMA = 0.57721566490153286060651209008240243104215933593992
 def ref_moments(x: list[float]) -> tuple[float, float, float]:
     t = len(x)
     mean = sum(x) / t
-    sd_sample = math.sqrt(sum((v - mean) ** 2 for v in x) / (t - 1))
-    m2 = sum((v - mean) ** 2 for v in x) / t
+    m2 = sum((v - mean) ** 2 for v in x) / t  # the project's Sharpe: population std (ddof=0)
     m3 = sum((v - mean) ** 3 for v in x) / t
     m4 = sum((v - mean) ** 4 for v in x) / t
-    return mean / sd_sample, m3 / m2**1.5, m4 / m2**2
+    return mean / math.sqrt(m2), m3 / m2**1.5, m4 / m2**2
 
 
 def ref_sr0(n: int, v: float) -> float:
@@ -100,10 +93,10 @@ def test_expected_max_sharpe_matches_reference(n: int, v: float) -> None:
 def test_psr_and_dsr_match_reference(ic_series: np.ndarray) -> None:
     x = [float(v) for v in ic_series if not math.isnan(v)]
     sr, g3, g4 = ref_moments(x)
-    for sr_star in (0.0, 0.05, -0.02):
-        assert probabilistic_sharpe_ratio(ic_series, sr_star) == pytest.approx(
-            ref_psr(x, sr_star), abs=1e-10
-        )
+    # The DSR is the PSR against SR0(N, V): every benchmark SR0 checks the PSR formula.
+    for n, v in ((2, 0.01), (10, 0.002), (1000, 0.0005)):
+        got = deflated_sharpe_ratio(ic_series, n_trials=n, sharpe_variance=v)["dsr"]
+        assert got == pytest.approx(ref_psr(x, ref_sr0(n, v)), abs=1e-10)
 
     rng = np.random.default_rng(11)
     trial_sharpes = 0.1 + 0.05 * rng.standard_normal(27)
@@ -130,8 +123,8 @@ def test_dsr_falls_strictly_with_trials_and_equals_psr_for_one(ic_series: np.nda
     x = 0.005 + 0.1 * rng.standard_normal(750)
     dsrs = [deflated_sharpe_ratio(x, n, sharpe_variance=0.002)["dsr"] for n in (1, 10, 100, 1000)]
     assert all(a > b for a, b in itertools.pairwise(dsrs)), dsrs
-    assert dsrs[0] == probabilistic_sharpe_ratio(x)
     assert deflated_sharpe_ratio(x, 1, sharpe_variance=0.002)["psr"] == dsrs[0]
+    assert dsrs[0] == pytest.approx(ref_psr([float(v) for v in x], 0.0), abs=1e-12)
 
 
 def test_dsr_errors(ic_series: np.ndarray) -> None:
@@ -140,7 +133,7 @@ def test_dsr_errors(ic_series: np.ndarray) -> None:
     with pytest.raises(ValueError, match=r"2 non-NaN observations, need at least 3"):
         deflated_sharpe_ratio([0.1, np.nan, 0.2], 5, sharpe_variance=0.01)
     with pytest.raises(ValueError, match=r"2 non-NaN observations"):
-        probabilistic_sharpe_ratio(np.array([np.nan, 0.1, 0.3, np.nan]))
+        deflated_sharpe_ratio(np.array([np.nan, 0.1, 0.3, np.nan]), 1, sharpe_variance=0.0)
     with pytest.raises(ValueError, match=r"trial_sharpes: 1 non-NaN values"):
         deflated_sharpe_ratio(ic_series, 27, trial_sharpes=[0.1, np.nan])
     with pytest.raises(ValueError, match=r"n_trials=0"):
@@ -148,7 +141,7 @@ def test_dsr_errors(ic_series: np.ndarray) -> None:
     with pytest.raises(ValueError, match=r"sharpe_variance=-0.1"):
         expected_max_sharpe(10, -0.1)
     with pytest.raises(ValueError, match=r"constant series"):
-        probabilistic_sharpe_ratio(np.full(10, 0.05))
+        deflated_sharpe_ratio(np.full(10, 0.05), 1, sharpe_variance=0.0)
 
 
 # --- probability of backtest overfitting ------------------------------------------------------

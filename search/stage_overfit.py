@@ -1,7 +1,7 @@
 """Is the winner real? The probability of backtest overfitting of each stage and the deflated
 Sharpe ratio of each selection, from the trials' daily validation IC.
 
-- `stage_pbo` / `series_pbo`: PBO by CSCV (`ranker.overfit.pbo`) over a stage's finished trials,
+- `stage_pbo` / `series_pbo`: PBO by CSCV (`ranker.overfit_stats.pbo`) over a stage's finished trials,
   from their daily val IC (the series each trial saved with its best evaluation), ranked by
   per-period IC Sharpe.
 - `selected_dsr`: the deflated Sharpe ratio of the selected trial's daily val IC, deflated by the
@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ranker.overfit import ANN_SCALER, deflated_sharpe_ratio, pbo
+from ranker.metrics import ANN
+from ranker.overfit_stats import deflated_sharpe_ratio, pbo
 from search.errors import RunDirError
 from search.rundir import Run, Series
 
@@ -120,12 +121,13 @@ def stage_pbo(run: Run, stage: str, n_blocks: int = 16) -> dict[str, Any]:
 
 
 def _per_period_sharpe(ic: np.ndarray) -> float:
-    """mean/std (ddof=1) of the finite values; NaN with fewer than 3 or zero spread."""
+    """mean/std of the finite values (ddof=0, the project's Sharpe: `ranker.metrics.sharpe`);
+    NaN with fewer than 3 or zero spread."""
     x = np.asarray(ic, dtype=np.float64)
     x = x[np.isfinite(x)]
-    if len(x) < 3 or x.std(ddof=1) == 0:
+    if len(x) < 3 or x.std() == 0:
         return math.nan
-    return float(x.mean() / x.std(ddof=1))
+    return float(x.mean() / x.std())
 
 
 def _dsr(ic: np.ndarray, sharpes: list[float], extra: dict[str, Any]) -> dict[str, Any]:
@@ -140,7 +142,7 @@ def _dsr(ic: np.ndarray, sharpes: list[float], extra: dict[str, Any]) -> dict[st
         return out | {"skipped": f"{len(usable)} of the {n} trials have a usable IC Sharpe"}
     var = float(np.var(usable, ddof=1)) if n > 1 else 0.0
     r = deflated_sharpe_ratio(ic, n_trials=n, sharpe_variance=var)
-    return out | r | {"sharpe_variance": var, "sr0_annual": r["sr0"] * math.sqrt(ANN_SCALER)}
+    return out | r | {"sharpe_variance": var, "sr0_annual": r["sr0"] * math.sqrt(ANN)}
 
 
 def all_series(run: Run, stages: list[str]) -> dict[str, Series]:
@@ -161,7 +163,7 @@ def selected_dsr(run: Run, stages_so_far: list[str], selected: str) -> dict[str,
         selected: the trial id whose series is tested (see `selected_trial`).
 
     Returns:
-        `ranker.overfit.deflated_sharpe_ratio`'s dict (dsr, psr, sharpe, sharpe_annual, sr0,
+        `ranker.overfit_stats.deflated_sharpe_ratio`'s dict (dsr, psr, sharpe, sharpe_annual, sr0,
         n_trials, n_obs, skew, kurtosis) plus `trial_id`, `stages`, `sharpe_variance` and
         `sr0_annual`; or `skipped` with the reason.
 

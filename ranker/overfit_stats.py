@@ -12,11 +12,12 @@ Two tools, both pure numpy/scipy:
 Conventions (fixed here, relied on by the tests):
 
 - Sharpe ratios are per period (per day), not annualised, unless a name says `annual`
-  (x sqrt(252), qlib's `ann_scaler`).
-- In the DSR, the Sharpe of a series uses the sample standard deviation (ddof=1); skewness and
-  kurtosis are the plain (biased, ddof=0) sample moments the paper writes, kurtosis non-excess
-  (3 for a normal). With those moments `1 - skew*SR + (kurt-1)/4*SR**2 >= (skew*SR/2 - 1)**2`,
-  so the PSR's variance term is never negative.
+  (x sqrt(`ranker.metrics.ANN`)).
+- In the DSR, the Sharpe of a series uses the project's one convention, the population standard
+  deviation (ddof=0; see `ranker.metrics.sharpe`); skewness and kurtosis are the plain (biased,
+  ddof=0) sample moments the paper writes, kurtosis non-excess (3 for a normal). With those
+  moments `1 - skew*SR + (kurt-1)/4*SR**2 >= (skew*SR/2 - 1)**2`, so the PSR's variance term is
+  never negative.
 - In CSCV, the in-sample metric is computed from per-block sums, and a combination counts as
   overfit when its logit is <= 0 (the selected config is at or below the out-of-sample median; the
   paper integrates over lambda < 0, which differs only when N is odd and the pick is exactly the
@@ -31,7 +32,8 @@ from collections.abc import Callable
 import numpy as np
 from scipy import stats
 
-ANN_SCALER = 252
+from ranker.metrics import ANN
+
 EULER_GAMMA = float(np.euler_gamma)
 
 # metric(mean, std, count) -> score, every array (C, N): one row per combination, one column per
@@ -91,8 +93,8 @@ def _clean_series(returns: np.ndarray) -> np.ndarray:
 
 
 def _sharpe_moments(x: np.ndarray) -> tuple[float, float, float]:
-    """(per-period Sharpe with ddof=1, skewness, non-excess kurtosis) of a clean series."""
-    std = x.std(ddof=1)
+    """(per-period Sharpe with ddof=0, skewness, non-excess kurtosis) of a clean series."""
+    std = x.std()
     if std == 0:
         raise ValueError(
             f"returns: constant series (every value {x[0]!r}), its Sharpe is undefined; "
@@ -109,24 +111,6 @@ def _psr(sharpe: float, skew: float, kurt: float, n_obs: int, sr_benchmark: floa
     # >= 0 for any sample moments (see module docstring); 0 only for a two-point series.
     z = (sharpe - sr_benchmark) * np.sqrt(n_obs - 1) / np.sqrt(max(var_term, np.finfo(float).tiny))
     return float(stats.norm.cdf(z))
-
-
-def probabilistic_sharpe_ratio(returns: np.ndarray, sr_benchmark: float = 0.0) -> float:
-    """Probability that the true per-period Sharpe of `returns` exceeds `sr_benchmark`.
-
-    PSR = Phi((SR - SR*) sqrt(T - 1) / sqrt(1 - skew SR + (kurt - 1)/4 SR^2)), SR the per-period
-    Sharpe (ddof=1), skew and kurt (non-excess) the sample moments; NaNs are dropped first.
-
-    Args:
-        returns: (T,) series treated as returns (e.g. a daily IC series).
-        sr_benchmark: SR*, per period (not annualised).
-
-    Raises:
-        ValueError: fewer than 3 non-NaN values, or a constant series.
-    """
-    x = _clean_series(returns)
-    sharpe, skew, kurt = _sharpe_moments(x)
-    return _psr(sharpe, skew, kurt, len(x), sr_benchmark)
 
 
 def deflated_sharpe_ratio(
@@ -174,7 +158,7 @@ def deflated_sharpe_ratio(
         "dsr": _psr(sharpe, skew, kurt, len(x), sr0),
         "psr": _psr(sharpe, skew, kurt, len(x), 0.0),
         "sharpe": sharpe,
-        "sharpe_annual": sharpe * np.sqrt(ANN_SCALER),
+        "sharpe_annual": sharpe * np.sqrt(ANN),
         "sr0": sr0,
         "n_trials": int(n_trials),
         "n_obs": len(x),
@@ -209,6 +193,54 @@ def _half_stats(
     return m_c + mu, np.sqrt(var), cnt
 
 
+def _check_perf(perf: np.ndarray, n_blocks: int) -> tuple[np.ndarray, int]:
+    """`perf` as a float64 (T, N) array and S as an int, checked for `pbo`."""
+    x = np.asarray(perf, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"perf: shape {x.shape}, expected (T, N): T periods x N configs")
+    t, n_cfg = x.shape
+    if n_cfg < 2:
+        raise ValueError(
+            f"perf: N={n_cfg} configs, need at least 2 to rank; pass one column per config"
+        )
+    if int(n_blocks) != n_blocks or n_blocks < 2 or n_blocks % 2:
+        raise ValueError(
+            f"n_blocks={n_blocks!r}: must be an even integer >= 2 so IS and OOS are equal halves; "
+            f"use {max(2, int(n_blocks) + int(n_blocks) % 2)}"
+        )
+    n_blocks = int(n_blocks)
+    if t < n_blocks:
+        raise ValueError(
+            f"perf: T={t} rows is fewer than n_blocks={n_blocks}; pass a smaller even n_blocks "
+            f"(<= {t - t % 2}) or more rows"
+        )
+    if np.isinf(x).any():
+        raise ValueError("perf: contains +-inf; replace or mark them NaN before calling")
+    return x, n_blocks
+
+
+def _block_stats(
+    x: np.ndarray, n_blocks: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(count, sum, sum of squares), each (S, N), of every block's non-NaN values centred on
+    each config's mean, and those means (N,)."""
+    t, n_cfg = x.shape
+    block_len = t // n_blocks
+    blocks = x[: block_len * n_blocks].reshape(n_blocks, block_len, n_cfg)  # (S, L, N)
+    ok = ~np.isnan(blocks)
+    n = ok.sum(axis=1).astype(np.float64)  # (S, N)
+    if (n == 0).any():
+        b, c = np.argwhere(n == 0)[0]
+        raise ValueError(
+            f"perf: config {c} has no non-NaN value in block {b} (rows {b * block_len}.."
+            f"{(b + 1) * block_len - 1}); drop that config or use fewer, longer blocks"
+        )
+    # Centre each column before summing squares, so variances do not cancel catastrophically.
+    mu = np.nanmean(blocks, axis=(0, 1))  # (N,)
+    centred = np.where(ok, blocks - mu, 0.0)
+    return n, centred.sum(axis=1), (centred**2).sum(axis=1), mu
+
+
 def pbo(perf: np.ndarray, n_blocks: int = 16, metric: Metric | None = None) -> dict:
     """Probability of backtest overfitting by combinatorially symmetric cross-validation.
 
@@ -240,43 +272,9 @@ def pbo(perf: np.ndarray, n_blocks: int = 16, metric: Metric | None = None) -> d
         ValueError: perf not 2-D, N < 2, S odd or < 2, T < S, infinite values, or a block with no
             non-NaN value for some config.
     """
-    x = np.asarray(perf, dtype=np.float64)
-    if x.ndim != 2:
-        raise ValueError(f"perf: shape {x.shape}, expected (T, N): T periods x N configs")
-    t, n_cfg = x.shape
-    if n_cfg < 2:
-        raise ValueError(
-            f"perf: N={n_cfg} configs, need at least 2 to rank; pass one column per config"
-        )
-    if int(n_blocks) != n_blocks or n_blocks < 2 or n_blocks % 2:
-        raise ValueError(
-            f"n_blocks={n_blocks!r}: must be an even integer >= 2 so IS and OOS are equal halves; "
-            f"use {max(2, int(n_blocks) + int(n_blocks) % 2)}"
-        )
-    n_blocks = int(n_blocks)
-    if t < n_blocks:
-        raise ValueError(
-            f"perf: T={t} rows is fewer than n_blocks={n_blocks}; pass a smaller even n_blocks "
-            f"(<= {t - t % 2}) or more rows"
-        )
-    if np.isinf(x).any():
-        raise ValueError("perf: contains +-inf; replace or mark them NaN before calling")
-
-    block_len = t // n_blocks
-    blocks = x[: block_len * n_blocks].reshape(n_blocks, block_len, n_cfg)  # (S, L, N)
-    ok = ~np.isnan(blocks)
-    n = ok.sum(axis=1).astype(np.float64)  # (S, N)
-    if (n == 0).any():
-        b, c = np.argwhere(n == 0)[0]
-        raise ValueError(
-            f"perf: config {c} has no non-NaN value in block {b} (rows {b * block_len}.."
-            f"{(b + 1) * block_len - 1}); drop that config or use fewer, longer blocks"
-        )
-    # Centre each column before summing squares, so variances do not cancel catastrophically.
-    mu = np.nanmean(blocks, axis=(0, 1))  # (N,)
-    centred = np.where(ok, blocks - mu, 0.0)
-    s = centred.sum(axis=1)  # (S, N)
-    ss = (centred**2).sum(axis=1)  # (S, N)
+    x, n_blocks = _check_perf(perf, n_blocks)
+    n_cfg = x.shape[1]
+    n, s, ss, mu = _block_stats(x, n_blocks)
 
     combos = np.array(list(itertools.combinations(range(n_blocks), n_blocks // 2)))  # (C, S/2)
     n_comb = len(combos)
