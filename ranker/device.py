@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +45,49 @@ def setup(cpus: float, gpu: float) -> str:
     return "cuda"
 
 
+# A CPU's bf16 matmul must beat its fp32 one by this factor to be used: far from the ratios seen
+# (0.5x and 2.8x), so the choice does not flip with timing noise.
+BF16_MIN_SPEEDUP = 1.3
+
+
 def bf16_matmul_pays(device: str | torch.device) -> bool:
     """Whether a bf16 matmul (fp32 accumulation) beats an fp32 one on this device.
 
-    True on GPUs (tensor cores) and on CPUs with AMX. Elsewhere it does not: with AVX-512 BF16
-    but no AMX, oneDNN's bf16 matmul runs at half the fp32 rate (81 vs 159 GFLOP/s at 4096^3
-    on this project's CPU), and without AVX-512 BF16 slower still.
+    True on GPUs (tensor cores) and on CPUs with AMX; False on CPUs without AVX-512 BF16. With
+    AVX-512 BF16 but no AMX it depends on the chip, so it is measured once per process (about
+    0.1 s, `bf16_speedup`): on this project's 2-core VM of 2026-12-03 (AMD EPYC, Zen 4) oneDNN's
+    bf16 matmul ran at 2.8x its fp32 rate (207 vs 73 GFLOP/s on the news encoder's shapes), on
+    an earlier VM of the same kind at half of it (81 vs 159 GFLOP/s).
     """
     if torch.device(device).type != "cpu":
         return True
-    return "amx_bf16" in _cpu_flags()
+    flags = _cpu_flags()
+    if "amx_bf16" in flags:
+        return True
+    if "avx512_bf16" not in flags:
+        return False
+    return bf16_speedup() >= BF16_MIN_SPEEDUP
+
+
+@functools.cache
+def bf16_speedup() -> float:
+    """fp32 time / bf16 time of the news encoder's forward matmul (1,024 x 768 @ 768 x 128) on
+    this CPU, with torch's threads at the time of the first call; the best of 5 rounds each."""
+
+    def best(a: torch.Tensor, w: torch.Tensor) -> float:
+        rounds = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(4):
+                torch.mm(a, w.t())
+            rounds.append(time.perf_counter() - t0)
+        return min(rounds)
+
+    g = torch.Generator().manual_seed(0)
+    a, w = torch.randn(1024, 768, generator=g), torch.randn(128, 768, generator=g)
+    a16, w16 = a.to(torch.bfloat16), w.to(torch.bfloat16)
+    best(a, w), best(a16, w16)  # warm up: oneDNN builds its kernels on first use
+    return best(a, w) / best(a16, w16)
 
 
 @functools.cache

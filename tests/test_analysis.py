@@ -97,7 +97,7 @@ def test_series_pbo_aligns_dates_and_skips_with_a_reason():
 
 def _sharpe(ic: np.ndarray) -> float:
     x = ic[np.isfinite(ic)]
-    return float(x.mean() / x.std(ddof=1))
+    return float(x.mean() / x.std())  # the project's Sharpe: ddof=0
 
 
 def test_selected_dsr_deflates_by_every_trial_so_far(smoke_run: Path):

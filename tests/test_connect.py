@@ -68,6 +68,6 @@ def test_a_gpu_trial_without_cuda_fails_at_once(make_cluster, tiny_market, tmp_p
     assert r.returncode == 2, r.stderr[-3000:]
     last = r.stderr.strip().splitlines()[-1]
     assert "none of its 2 trials finished" in last and "torch sees no CUDA device" in last, last
-    assert r.stderr.count("FAILED: TrialCannotRun") == 2, "each trial once: no retries"
+    assert r.stderr.count("FAILED: NoCudaDevice") == 2, "each trial once: no retries"
     assert time.time() - t < 120
     cluster.stop()
