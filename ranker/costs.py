@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ranker.config import ConfigError
 from ranker.metrics import ANN, Daily, annualized, sharpe
 
 BPS = 1e4
@@ -43,10 +44,13 @@ class CostModel:
     borrow: float = 0.03
 
     def __post_init__(self) -> None:
+        errors = []
         for name in ("spread", "impact", "borrow"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"costs.{name}={value!r}: must be a finite fraction >= 0")
+                errors.append(f"costs.{name}={value!r}: must be a finite fraction >= 0")
+        if errors:
+            raise ConfigError(errors)
 
     @property
     def round_trip(self) -> float:

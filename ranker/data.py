@@ -230,17 +230,8 @@ def load(
     liquid = _liquid_rows(keys, universe, inputs.prices_uri)
     val_start, test_start = _split_starts(keys, liquid, split, inputs.dataset_uri)
     no_prices = _rows_without_prices(keys)
-    liquid_dates = np.unique(keys.days[liquid])
-    say(
-        f"universe {universe.mode} >= ${universe.threshold / 1e6:,.0f}M: {int(liquid.sum()):,} of "
-        f"{len(keys.days):,} rows, {len(np.unique(keys.sym[liquid])):,} symbols, "
-        f"{len(liquid_dates):,} dates"
-        + (
-            f"; {int(no_prices.sum()):,} rows have no prices (not liquid)"
-            if no_prices.any()
-            else ""
-        )
-    )
+    outside = _outside_price_history(keys)
+    say(_universe_line(keys, universe, liquid, no_prices, outside))
     want_full = full_universe & (keys.days < val_start)
     feats = _read_features(inputs.dataset, inputs.dataset_uri, inputs.columns, liquid | want_full,
                            split.news_only, keys, say, threads, bf16)  # fmt: skip
@@ -260,6 +251,7 @@ def load(
     del block
     _check_splits(train, val, test, inputs.dataset_uri)
     info = _describe(inputs.source, keys, liquid, no_prices, train, val, test, full_train)
+    info["rows_outside_price_history"] = int(outside.sum())
     info["has_oracle"] = oracle is not None
     say(
         f"split (liquid, news only): train {len(train):,} rows ({_date_range(train)}), "
@@ -273,7 +265,15 @@ def _open_inputs(source: str) -> _Inputs:
 
     Raises:
         DataError: a missing file or column, or a non-numeric feature, target or price.
+        StorageError: an object store that cannot be reached, or a bucket that does not exist.
     """
+    if storage.is_uri(source):
+        storage.check_dir(source, what="data directory")
+    elif os.path.isfile(source):
+        raise DataError(
+            f"{source} is a file; the data is a directory holding {schema.DATASET_FILE} and "
+            f"{schema.PRICES_FILE}. Fix: point --data at that directory."
+        )
     ds_file, ds_uri = _open(source, schema.DATASET_FILE)
     pr_file, pr_uri = _open(source, schema.PRICES_FILE)
     _require(ds_file, ds_uri, [schema.DATE, schema.SYMBOL, schema.TARGET],
@@ -317,36 +317,93 @@ def _read_keys(inputs: _Inputs, threads: bool) -> _Keys:
         volume=_numpy(prices.column(schema.VOLUME)).astype(np.float64),
     )
     del keys, prices
-    if len(out.target) == 0:
-        raise DataError(
-            f"{ds_uri}: the file has no rows. Fix: point --data at a non-empty dataset."
-        )
-    bad = ~np.isfinite(out.target)
+    _check_dataset_keys(out, ds_uri)
+    _check_prices(out, pr_uri)
+    return out
+
+
+def _check_dataset_keys(k: _Keys, uri: str) -> None:
+    """Raises DataError for an empty dataset, a non-finite target or a duplicate row."""
+    if len(k.target) == 0:
+        raise DataError(f"{uri}: the file has no rows. Fix: point --data at a non-empty dataset.")
+    bad = ~np.isfinite(k.target)
     if bad.any():
         i = int(np.argmax(bad))
         raise DataError(
-            f"{ds_uri}: column {schema.TARGET!r} has {int(bad.sum())} non-finite value(s), e.g. "
-            f"{out.row(i)} = {out.target[i]}. Fix: drop those rows or fill the returns."
+            f"{uri}: column {schema.TARGET!r} has {int(bad.sum())} non-finite value(s), e.g. "
+            f"{k.row(i)} = {k.target[i]}. Fix: drop those rows or fill the returns."
         )
-    for name, arr in ((schema.CLOSE, out.close), (schema.VOLUME, out.volume)):
-        bad = ~np.isfinite(arr) | (arr < 0)
+    # Duplicate (feature_date, symbol) rows would double-weight a name on a date.
+    dup = _first_duplicate(k.days, k.sym, len(k.symbols))
+    if dup is not None:
+        raise DataError(
+            f"{uri}: {dup[1]} duplicate (feature_date, symbol) row(s), e.g. {k.row(dup[0])}. Fix: "
+            f"keep one row per symbol and date."
+        )
+
+
+def _check_prices(k: _Keys, uri: str) -> None:
+    """The prices must describe the dataset's liquidity: positive closes, non-negative volumes,
+    one row per (symbol, date), and dates that cover the dataset's feature dates.
+
+    Raises:
+        DataError: naming the problem, an example row and the fix.
+    """
+
+    def where(i: int) -> str:
+        return f"row {i} (symbol={k.symbols[k.p_sym[i]]!r}, date={_day(k.p_days[i])})"
+
+    for name, arr, ok in ((schema.CLOSE, k.close, k.close > 0),
+                          (schema.VOLUME, k.volume, k.volume >= 0)):  # fmt: skip
+        bad = ~(np.isfinite(arr) & ok)
         if bad.any():
             i = int(np.argmax(bad))
+            rule = "positive" if name == schema.CLOSE else "zero or more"
             raise DataError(
-                f"{pr_uri}: column {name!r} has {int(bad.sum())} missing, negative or non-finite "
-                f"value(s), e.g. row {i} (symbol={out.symbols[out.p_sym[i]]!r}, "
-                f"date={np.datetime64(int(out.p_days[i]), 'D')}) = {arr[i]}. Fix: clean the prices file."
+                f"{uri}: column {name!r} has {int(bad.sum())} value(s) that are missing, "
+                f"non-finite or not {rule}, e.g. {where(i)} = {arr[i]}. Fix: clean the prices file."
             )
-    # Duplicate (feature_date, symbol) rows would double-weight a name on a date.
-    pair_key = out.days * np.int64(len(out.symbols)) + out.sym
-    order = np.argsort(pair_key, kind="stable")
-    dup = np.flatnonzero(pair_key[order][1:] == pair_key[order][:-1])
-    if len(dup):
+    # A duplicate (symbol, date) would count a day twice in a symbol's mean dollar volume.
+    dup = _first_duplicate(k.p_days, k.p_sym, len(k.symbols))
+    if dup is not None:
         raise DataError(
-            f"{ds_uri}: {len(dup)} duplicate (feature_date, symbol) row(s), e.g. "
-            f"{out.row(int(order[dup[0] + 1]))}. Fix: keep one row per symbol and date."
+            f"{uri}: {dup[1]} duplicate (symbol, date) row(s), e.g. {where(dup[0])}. Fix: keep "
+            f"one row per symbol and date."
         )
-    return out
+    if len(k.p_days) == 0:
+        raise DataError(f"{uri}: the file has no rows. Fix: provide the symbols' daily prices.")
+    first, last = int(k.days.min()), int(k.days.max())
+    p_first, p_last = int(k.p_days.min()), int(k.p_days.max())
+    if p_first > first or p_last < last:
+        raise DataError(
+            f"{uri}: prices run from {_day(p_first)} to {_day(p_last)} but the dataset's feature "
+            f"dates from {_day(first)} to {_day(last)}: the liquidity of the dates outside is "
+            f"unknown. Fix: provide prices for the whole period of the dataset."
+        )
+
+
+def _first_duplicate(days: np.ndarray, sym: np.ndarray, n_sym: int) -> tuple[int, int] | None:
+    """(a row whose (day, symbol) an earlier row already has, how many such rows), or None."""
+    key = days * np.int64(n_sym) + sym
+    order = np.argsort(key, kind="stable")
+    dup = np.flatnonzero(key[order][1:] == key[order][:-1])
+    return (int(order[dup[0] + 1]), len(dup)) if len(dup) else None
+
+
+def _day(d: int | np.integer) -> np.datetime64:
+    return np.datetime64(int(d), "D")
+
+
+def _outside_price_history(keys: _Keys) -> np.ndarray:
+    """(N,) bool: dataset rows dated before their symbol's first price or after its last one
+    (their liquidity comes from the prices the symbol has)."""
+    n = len(keys.symbols)
+    lo = np.full(n, np.iinfo(np.int64).max)
+    hi = np.full(n, np.iinfo(np.int64).min)
+    np.minimum.at(lo, keys.p_sym, keys.p_days)
+    np.maximum.at(hi, keys.p_sym, keys.p_days)
+    has = hi[keys.sym] >= lo[keys.sym]
+    return has & ((keys.days < lo[keys.sym]) | (keys.days > hi[keys.sym]))
 
 
 def _rows_without_prices(keys: _Keys) -> np.ndarray:
@@ -382,6 +439,29 @@ def _liquid_rows(keys: _Keys, universe: UniverseConfig, prices_uri: str) -> np.n
             f"{schema.PRICES_FILE} symbols match {schema.DATASET_FILE}."
         )
     return liquid
+
+
+def _universe_line(
+    keys: _Keys,
+    universe: UniverseConfig,
+    liquid: np.ndarray,
+    no_prices: np.ndarray,
+    outside: np.ndarray,
+) -> str:
+    """What the universe rule kept, and the rows the prices' documented rules touched."""
+    line = (
+        f"universe {universe.mode} >= ${universe.threshold / 1e6:,.0f}M: {int(liquid.sum()):,} of "
+        f"{len(keys.days):,} rows, {len(np.unique(keys.sym[liquid])):,} symbols, "
+        f"{len(np.unique(keys.days[liquid])):,} dates"
+    )
+    if no_prices.any():
+        line += f"; {int(no_prices.sum()):,} rows have no prices (not liquid)"
+    if outside.any():
+        line += (
+            f"; {int(outside.sum()):,} rows fall outside their symbol's price history (judged "
+            f"by the prices it has)"
+        )
+    return line
 
 
 def _split_starts(

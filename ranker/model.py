@@ -9,6 +9,7 @@ GPUs run the modules.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -51,6 +52,10 @@ class ModelConfig:
             v = getattr(self, f.name)
             if f.name.endswith("dropout") and not (isinstance(v, int | float) and 0.0 <= v < 1.0):
                 errors.append(f"model.{f.name}={v!r}: a dropout must be in [0, 1)")
+        a = self.news_alpha
+        if not (isinstance(a, int | float) and not isinstance(a, bool) and math.isfinite(a)
+                and a >= 0):  # fmt: skip
+            errors.append(f"model.news_alpha={a!r}: must be a finite number >= 0")
         if errors:
             raise ConfigError(errors)
 

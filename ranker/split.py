@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ranker.config import ConfigError
+
 
 @dataclass(frozen=True)
 class SplitConfig:
@@ -19,10 +21,10 @@ class SplitConfig:
 
     def __post_init__(self) -> None:
         if not (0.0 < self.train_end < self.val_end < 1.0):
-            raise ValueError(
+            raise ConfigError([
                 f"split: need 0 < train_end < val_end < 1, got train_end={self.train_end!r}, "
                 f"val_end={self.val_end!r}"
-            )
+            ])  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

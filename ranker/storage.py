@@ -14,13 +14,22 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import threading
 from collections.abc import Callable
-from typing import IO
+from typing import IO, Any
 
 import pyarrow.fs as pafs
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+class StorageError(OSError):
+    """A path or URI that cannot serve as asked; the message is one line naming it and what to
+    check."""
+
+
+PROBE_SECONDS = 20.0  # how long `check_dir` waits for an object store to answer
 
 
 def is_uri(path: str | os.PathLike) -> bool:
@@ -144,3 +153,112 @@ def files_under(path: str) -> list[str]:
     infos = fs.get_file_info(pafs.FileSelector(p, recursive=True))
     root = p.rstrip("/") + "/"
     return sorted(i.path[len(root) :] for i in infos if i.type == pafs.FileType.File)
+
+
+def check_dir(path: str, *, create: bool = False, what: str = "directory") -> None:
+    """Check, before any work, that `path` is a directory (or, with `create`, can become one):
+    for a URI, that its bucket exists and answers with these credentials; locally, that it is
+    not a file and that it or its nearest existing parent is writable.
+
+    Args:
+        path: a local path or a URI.
+        create: the directory may not exist yet (it will be made).
+        what: what the path is for, in messages ("run directory", "storage", "data").
+
+    Raises:
+        StorageError: one line naming the path and what to check.
+    """
+    if not str(path).strip():
+        raise StorageError(f"the {what} path is empty. Fix: pass a path or an s3:// / gs:// URI.")
+    if is_uri(path):
+        _check_uri_dir(str(path), create, what)
+        return
+    local = absolute(path)
+    if os.path.exists(local):
+        if not os.path.isdir(local):
+            raise StorageError(f"{local} is a file, not a {what}. Fix: pass a directory.")
+        if create and not os.access(local, os.W_OK | os.X_OK):
+            raise StorageError(f"{local} is not writable. Fix: pass a {what} you can write to.")
+        return
+    if not create:
+        raise StorageError(f"{local} does not exist. Fix: check the path of the {what}.")
+    parent = os.path.dirname(local)
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise StorageError(f"{local} cannot be created: {parent} is a file. Fix: another path.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StorageError(
+            f"{local} cannot be created: {parent} is not writable. Fix: a path you can write to."
+        )
+
+
+def _check_uri_dir(uri: str, create: bool, what: str) -> None:
+    try:
+        fs, p = filesystem(uri)
+    except OSError as e:
+        raise StorageError(f"{uri}: {_first_line(e)}. Fix: check the URI's scheme.") from None
+    # An object store's first path part is its bucket (file:// and others have none).
+    bucket = p.split("/", 1)[0] if fs.type_name in ("s3", "gcs") else ""
+    infos = _answer(lambda: (fs.get_file_info(bucket or p), fs.get_file_info(p)), uri)
+    if bucket and infos[0].type == pafs.FileType.NotFound:
+        raise StorageError(
+            f"{uri}: the bucket {bucket!r} does not exist (or these credentials cannot see it). "
+            f"Fix: create it, or check the URI and the credentials."
+        )
+    if infos[1].type == pafs.FileType.File:
+        raise StorageError(f"{uri} is a file, not a {what}. Fix: pass a prefix (a directory).")
+    if infos[1].type == pafs.FileType.NotFound and not create:
+        raise StorageError(f"{uri} does not exist. Fix: check the URI of the {what}.")
+
+
+def _answer(call: Callable[[], Any], uri: str) -> Any:
+    """`call()` on a thread, waiting at most PROBE_SECONDS: an unreachable endpoint can keep
+    an object-store client retrying for minutes.
+
+    Raises:
+        StorageError: no answer in time, or the store refused (credentials, network).
+    """
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = call()
+        except Exception as e:  # re-raised below, on the caller's thread, as one line
+            out["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(PROBE_SECONDS)
+    if t.is_alive():
+        raise StorageError(
+            f"{uri}: no answer within {PROBE_SECONDS:g} s. Fix: check the endpoint "
+            f"(AWS_ENDPOINT_URL, or ?endpoint_override= on the URI) and the network."
+        )
+    if "error" in out:
+        raise StorageError(f"{uri}: {_explain(out['error'])}") from None
+    return out["value"]
+
+
+def _explain(e: BaseException) -> str:
+    """An object store's error as the problem and what to check."""
+    text = str(e)
+    low = text.lower()
+    if any(k in low for k in ("access_denied", "accessdenied", "forbidden", "invalidaccesskeyid",
+                              "signaturedoesnotmatch", "credential", "403")):  # fmt: skip
+        return (
+            f"access denied ({_first_line(e)}). Fix: check the credentials (AWS_ACCESS_KEY_ID "
+            f"and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, the instance role or service account)."
+        )
+    if any(k in low for k in ("network_connection", "couldn't connect", "curlcode",
+                              "connection refused", "timed out", "timeout", "resolve")):  # fmt: skip
+        return (
+            f"the endpoint does not answer ({_first_line(e)}). Fix: check the endpoint "
+            f"(AWS_ENDPOINT_URL, or ?endpoint_override= on the URI) and the network."
+        )
+    return f"cannot be reached ({_first_line(e)}). Fix: check the URI and the credentials."
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]

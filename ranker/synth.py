@@ -67,22 +67,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pandas.tseries.holiday import (
-    AbstractHolidayCalendar,
-    GoodFriday,
-    Holiday,
-    USLaborDay,
-    USMartinLutherKingJr,
-    USMemorialDay,
-    USPresidentsDay,
-    USThanksgivingDay,
-    nearest_workday,
-    sunday_to_monday,
-)
 
+from ranker import storage
 from ranker.schema import (
     CLOSE,
     DATASET_FILE,
@@ -151,6 +139,8 @@ _F = {name: k for k, name in enumerate(FUND_FEATURES)}
 _P = {name: k for k, name in enumerate(PRICE_FEATURES)}
 
 SEED_SYMBOLS = 5644  # symbols at scale=1.0, as in the research data
+MIN_SYMBOLS = 10  # fewer cannot hold both liquid and illiquid names
+MIN_DATES = 2  # a market of one date has no next-day return to plant a signal in
 LIQUID_FRACTION = 0.18
 LIQUID_THRESHOLD = 50e6  # the notebook's rule: mean close*volume over the prices file
 LOOKBACK = 80  # price history before a symbol's first feature date
@@ -181,21 +171,40 @@ _EMB_MEAN, _EMB_SECTOR, _EMB_TOPIC, _EMB_SIGNAL, _EMB_NOISE = 0.45, 0.45, 0.3, 0
 _STATIC_STREAM, _DAY_STREAM, _CALIBRATION_STREAM = 0, 1, 2
 
 
-class _NyseLikeCalendar(AbstractHolidayCalendar):
-    """US exchange holidays, close enough to give the research data's ≈1,240 trading days."""
-
-    rules = [  # noqa: RUF012 (pandas expects a plain class attribute)
-        Holiday("New Year", month=1, day=1, observance=sunday_to_monday),
-        USMartinLutherKingJr,
-        USPresidentsDay,
+def _holidays(start: np.datetime64, end: np.datetime64) -> np.ndarray:
+    """US exchange holidays between two dates, close enough to give the research data's ≈1,240
+    trading days (pandas' holiday rules, imported here: nothing else of this module needs
+    pandas)."""
+    from pandas.tseries.holiday import (
+        AbstractHolidayCalendar,
         GoodFriday,
-        USMemorialDay,
-        Holiday("Juneteenth", month=6, day=19, start_date="2022-01-01", observance=nearest_workday),
-        Holiday("Independence Day", month=7, day=4, observance=nearest_workday),
+        Holiday,
         USLaborDay,
+        USMartinLutherKingJr,
+        USMemorialDay,
+        USPresidentsDay,
         USThanksgivingDay,
-        Holiday("Christmas", month=12, day=25, observance=nearest_workday),
-    ]
+        nearest_workday,
+        sunday_to_monday,
+    )
+
+    class NyseLike(AbstractHolidayCalendar):
+        rules = [  # noqa: RUF012 (pandas expects a plain class attribute)
+            Holiday("New Year", month=1, day=1, observance=sunday_to_monday),
+            USMartinLutherKingJr,
+            USPresidentsDay,
+            GoodFriday,
+            USMemorialDay,
+            Holiday(
+                "Juneteenth", month=6, day=19, start_date="2022-01-01", observance=nearest_workday
+            ),
+            Holiday("Independence Day", month=7, day=4, observance=nearest_workday),
+            USLaborDay,
+            USThanksgivingDay,
+            Holiday("Christmas", month=12, day=25, observance=nearest_workday),
+        ]
+
+    return NyseLike().holidays(start, end).to_numpy().astype("datetime64[D]")
 
 
 @dataclass(frozen=True)
@@ -232,12 +241,14 @@ def generate(
     start: str = "2021-01-13",
     end: str = "2025-12-18",
     log: Callable[[str], None] | None = None,
+    force: bool = False,
 ) -> dict:
     """Write a seeded synthetic market with a planted signal into `out_dir`.
 
     Args:
         out_dir: folder for `ml_dataset.pqt`, `prices.pqt`, `oracle.pqt` and `synth.json`
-            (created if missing; existing files of those names are replaced).
+            (created if missing). A folder that already holds any of them is refused, unless
+            `force`: they may be a user's own data.
         scale: multiplies the research data's 5,644 symbols (dates stay).
         seed: fixes every byte of the output.
         n_symbols: number of symbols, overriding `scale`.
@@ -253,9 +264,14 @@ def generate(
         $50M full-period rule, news fractions and the oracle's mean daily Spearman IC on liquid
         and on illiquid news rows.
 
+        force: replace those files when they exist.
+
     Raises:
-        ValueError: a parameter is out of range or a date does not parse.
+        SynthError: a parameter is out of range, a date does not parse, `out_dir` is a file,
+            or it holds data and `force` is not set.
     """
+    out = Path(out_dir)
+    _check_out_dir(out, force)
     n_sym, days, price_days = _check_params(
         scale, seed, n_symbols, n_dates, signal, emb_dim, start, end
     )
@@ -272,7 +288,6 @@ def generate(
         "liquid_threshold": LIQUID_THRESHOLD,
     }
     say = log or (lambda _msg: None)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     market = _make_market(n_sym, len(days), emb_dim, seed)
 
@@ -325,28 +340,73 @@ def _write_market(
     return summary
 
 
+def _check_out_dir(out: Path, force: bool) -> None:
+    """Raises SynthError when `out` cannot take a market: a file, or, unless `force`, a folder
+    that already holds one of the market's files."""
+    if out.exists() and not out.is_dir():
+        raise SynthError(f"{out} is a file, not a folder. Fix: pass a folder for the market.")
+    try:
+        storage.check_dir(str(out), create=True, what="folder for the market")
+    except storage.StorageError as e:
+        raise SynthError(str(e)) from None
+    held = [n for n in (DATASET_FILE, PRICES_FILE, ORACLE_FILE, SUMMARY_FILE) if (out / n).exists()]
+    if held and not force:
+        raise SynthError(
+            f"{out} already holds {', '.join(held)}; a market written there would replace "
+            f"them. Fix: pass an empty or new folder, or --force to replace them."
+        )
+
+
+class SynthError(ValueError):
+    """A synthetic-market parameter out of range, or an output folder that cannot take the
+    market; the message names the value and the fix."""
+
+
+def check_params(
+    scale: float = 1.0,
+    seed: int = 0,
+    n_symbols: int | None = None,
+    n_dates: int | None = None,
+    signal: float = 1.0,
+    emb_dim: int = 768,
+) -> list[str]:
+    """Every problem with `generate`'s parameters, one message each ([] when they are fine)."""
+    problems = []
+    if not (isinstance(seed, int | np.integer) and not isinstance(seed, bool) and seed >= 0):
+        problems.append(f"seed={seed!r}: must be a non-negative integer, e.g. 0")
+    if not (isinstance(scale, int | float) and math.isfinite(scale) and scale > 0):
+        problems.append(f"scale={scale!r}: must be a positive number, e.g. 0.1")
+    elif n_symbols is None and round(SEED_SYMBOLS * scale) < MIN_SYMBOLS:
+        problems.append(
+            f"scale={scale!r} gives {round(SEED_SYMBOLS * scale)} symbols; at least "
+            f"{MIN_SYMBOLS} are needed for both liquid and illiquid names: raise it to "
+            f">= {MIN_SYMBOLS / SEED_SYMBOLS:.4f}"
+        )
+    if n_symbols is not None and not (isinstance(n_symbols, int) and n_symbols >= MIN_SYMBOLS):
+        problems.append(f"n_symbols={n_symbols!r}: must be an integer >= {MIN_SYMBOLS}")
+    if n_dates is not None and not (isinstance(n_dates, int) and n_dates >= MIN_DATES):
+        problems.append(
+            f"n_dates={n_dates!r}: must be an integer >= {MIN_DATES}, or unset for the research "
+            f"period"
+        )
+    if not (isinstance(signal, int | float) and math.isfinite(signal) and signal >= 0):
+        problems.append(f"signal={signal!r}: must be a finite number >= 0, e.g. 1.0")
+    if not (isinstance(emb_dim, int) and emb_dim >= 2 * _N_HIDDEN + 2):
+        problems.append(f"emb_dim={emb_dim!r}: must be an integer >= {2 * _N_HIDDEN + 2}")
+    return problems
+
+
 def _check_params(scale, seed, n_symbols, n_dates, signal, emb_dim, start, end):
-    """Validate the arguments of `generate`; return (n_symbols, feature days, price days)."""
-    if not (isinstance(seed, int | np.integer) and seed >= 0):
-        raise ValueError(f"seed={seed!r} must be a non-negative integer. Fix: pass e.g. seed=0.")
-    if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale={scale!r} must be a positive number. Fix: pass e.g. scale=0.1.")
+    """Validate the arguments of `generate`; return (n_symbols, feature days, price days).
+
+    Raises:
+        SynthError: every problem, in one message.
+    """
+    problems = check_params(scale, seed, n_symbols, n_dates, signal, emb_dim)
+    if problems:
+        raise SynthError("; ".join(problems))
     if n_symbols is None:
         n_symbols = round(SEED_SYMBOLS * scale)
-    if n_symbols < 10:
-        raise ValueError(
-            f"the market has {n_symbols} symbols (n_symbols={n_symbols}, scale={scale}); at least "
-            f"10 are needed to have both liquid and illiquid names. Fix: raise n_symbols or scale."
-        )
-    if n_dates is not None and n_dates < 2:
-        raise ValueError(f"n_dates={n_dates} must be at least 2. Fix: pass n_dates>=2 or None.")
-    if not (math.isfinite(signal) and signal >= 0):
-        raise ValueError(f"signal={signal!r} must be finite and >= 0. Fix: pass e.g. signal=1.0.")
-    if emb_dim < 2 * _N_HIDDEN + 2:
-        raise ValueError(
-            f"emb_dim={emb_dim} is too small for {_N_HIDDEN} hidden news directions. "
-            f"Fix: pass emb_dim>={2 * _N_HIDDEN + 2}."
-        )
     days, price_days = _trading_days(start, end, n_dates)
     return int(n_symbols), days, price_days
 
@@ -354,28 +414,21 @@ def _check_params(scale, seed, n_symbols, n_dates, signal, emb_dim, start, end):
 def _trading_days(start: str, end: str, n_dates: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Feature dates and the price dates around them (LOOKBACK before, one after), datetime64[D]."""
     try:
-        first, last = pd.Timestamp(start), pd.Timestamp(end)
+        first, last = np.datetime64(start, "D"), np.datetime64(end, "D")
     except ValueError as err:
-        raise ValueError(
+        raise SynthError(
             f"start={start!r} / end={end!r}: {err}. Fix: pass ISO dates like '2021-01-13'."
         ) from err
     if n_dates is None and last < first:
-        raise ValueError(f"end={end} is before start={start}. Fix: swap them or pass n_dates.")
-    span_end = (
-        first + pd.Timedelta(days=2 * n_dates + 30) if n_dates else last + pd.Timedelta(days=30)
-    )
-    span_start = first - pd.Timedelta(days=2 * LOOKBACK + 30)
-    holidays = _NyseLikeCalendar().holidays(span_start, span_end)
-    every = pd.bdate_range(span_start, span_end, freq="C", holidays=holidays)
-    every = every.to_numpy().astype("datetime64[D]")
-    i0 = int(np.searchsorted(every, np.datetime64(first.date(), "D")))
-    i1 = (
-        i0 + n_dates
-        if n_dates
-        else int(np.searchsorted(every, np.datetime64(last.date(), "D"), "right"))
-    )
+        raise SynthError(f"end={end} is before start={start}. Fix: swap them or pass n_dates.")
+    span_end = first + np.timedelta64(2 * n_dates + 30, "D") if n_dates else last + 30
+    span_start = first - np.timedelta64(2 * LOOKBACK + 30, "D")
+    every = np.arange(span_start, span_end + 1, dtype="datetime64[D]")
+    every = every[np.is_busday(every, holidays=_holidays(span_start, span_end))]
+    i0 = int(np.searchsorted(every, first))
+    i1 = i0 + n_dates if n_dates else int(np.searchsorted(every, last, "right"))
     if i1 <= i0:
-        raise ValueError(
+        raise SynthError(
             f"no trading day between start={start} and end={end}. Fix: widen the range."
         )
     return every[i0:i1], every[i0 - LOOKBACK : i1 + 1]

@@ -24,7 +24,7 @@ import torch
 
 from ranker.config import ConfigError, strict_from_dict
 from ranker.device import bf16_matmul_pays
-from ranker.metrics import Daily, daily, summarize
+from ranker.metrics import MIN_NAMES, Daily, daily, summarize
 from ranker.model import ModelConfig, MultiBranchRanker
 from ranker.pairs import sample_pairs
 from ranker.panel import Panel
@@ -62,11 +62,18 @@ class TrainConfig:
             v = getattr(self, name)
             if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
                 errors.append(f"train.{name}={v!r}: must be a positive integer")
-        if not (isinstance(self.learning_rate, int | float) and self.learning_rate > 0):
-            errors.append(f"train.learning_rate={self.learning_rate!r}: must be > 0")
-        if not (isinstance(self.weight_decay, int | float) and self.weight_decay >= 0):
-            errors.append(f"train.weight_decay={self.weight_decay!r}: must be >= 0")
-        if not (isinstance(self.label_smoothing, int | float) and 0 <= self.label_smoothing < 1):
+        if isinstance(self.k, int) and self.k > MIN_NAMES:
+            errors.append(
+                f"train.k={self.k!r}: must be at most {MIN_NAMES} (the metrics skip dates with "
+                f"fewer than {MIN_NAMES} names, so a book of k names exists on every date they use)"
+            )
+        if not (isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0):
+            errors.append(f"train.seed={self.seed!r}: must be a non-negative integer")
+        if not (_finite(self.learning_rate) and self.learning_rate > 0):
+            errors.append(f"train.learning_rate={self.learning_rate!r}: must be a number > 0")
+        if not (_finite(self.weight_decay) and self.weight_decay >= 0):
+            errors.append(f"train.weight_decay={self.weight_decay!r}: must be a number >= 0")
+        if not (_finite(self.label_smoothing) and 0 <= self.label_smoothing < 1):
             errors.append(f"train.label_smoothing={self.label_smoothing!r}: must be in [0, 1)")
         if self.precision not in PRECISIONS:
             errors.append(f"train.precision={self.precision!r}: must be one of {list(PRECISIONS)}")
@@ -199,6 +206,10 @@ class FitResult:
     best_epoch: int
     history: list[dict[str, Any]]
     seconds: float
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def with_input_sizes(cfg: ModelConfig, panel: Panel) -> ModelConfig:

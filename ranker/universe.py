@@ -11,10 +11,13 @@ Two rules, both on dollar volume (close × volume) from the prices file:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
+
+from ranker.config import ConfigError
 
 MODES = ("full_period", "trailing")
 
@@ -26,14 +29,18 @@ class UniverseConfig:
     window: int = 60
 
     def __post_init__(self) -> None:
+        errors = []
         if self.mode not in MODES:
-            raise ValueError(f"universe.mode={self.mode!r}: must be one of {list(MODES)}")
-        if not (isinstance(self.threshold, int | float) and self.threshold >= 0):
-            raise ValueError(
-                f"universe.threshold={self.threshold!r}: must be a non-negative dollar amount"
-            )
-        if not (isinstance(self.window, int) and self.window >= 1):
-            raise ValueError(f"universe.window={self.window!r}: must be a positive integer")
+            errors.append(f"universe.mode={self.mode!r}: must be one of {list(MODES)}")
+        t = self.threshold
+        if not (isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t)
+                and t >= 0):  # fmt: skip
+            errors.append(f"universe.threshold={t!r}: must be a finite dollar amount >= 0")
+        w = self.window
+        if not (isinstance(w, int) and not isinstance(w, bool) and w >= 1):
+            errors.append(f"universe.window={w!r}: must be a positive integer")
+        if errors:
+            raise ConfigError(errors)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

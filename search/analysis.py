@@ -189,13 +189,16 @@ def load_test_panel(run: Run, source: str | None = None) -> Panel:
     """The run's test Panel, rebuilt from its data (`source`, default run.json's) and spec.
 
     Raises:
-        RunDirError: no source given and the run recorded none.
+        RunDirError: no source given and the run recorded none, or data that is not the run's
+            (its columns, rows, universe or splits differ from run.json's).
         DataError: the data cannot be loaded.
     """
-    if source is None:
-        if run.info is None:
+    if run.info is None:
+        if source is None:
             raise RunDirError(
                 f"{run.path}: no run.json, so the data source is unknown. Fix: pass --data."
             )
-        source = run.info.source
-    return load(source, run.spec.universe, run.spec.split).test
+        return load(source, run.spec.universe, run.spec.split).test
+    ds = load(source or run.info.source, run.spec.universe, run.spec.split)
+    run.info.check_same_data(ds, source or run.info.source, run.path)
+    return ds.test

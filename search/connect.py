@@ -84,6 +84,9 @@ def init(address: str | None, *, verbose: bool = False) -> Any:
     Raises:
         ClusterError: the cluster refused the connection or could not be reached.
     """
+    if ray.is_initialized():  # this process started Ray already (a notebook, a test): use it
+        log.info(f"ray {ray.__version__}: the Ray this process is connected to")
+        return None
     if address:
         where = f"the cluster at {address}"
     elif in_ray_job() or os.environ.get("RAY_ADDRESS", "local") != "local":

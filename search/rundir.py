@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -28,6 +29,7 @@ import torch
 import yaml
 
 from ranker import storage
+from ranker.data import Dataset
 from ranker.metrics import Daily
 from ranker.panel import Panel
 from ranker.train import METRICS, TrainState
@@ -98,6 +100,31 @@ class RunInfo:
     # "failed: <the error>". None while it runs, or if it was killed without a chance to say.
     ended: str | None = None
     outcome: str | None = None
+
+    # The facts of a load that must match for data to be "the run's data".
+    SAME_DATA = ("rows", "symbols", "liquid_rows", "liquid_symbols", "train_rows", "val_rows",
+                 "test_rows", "train_dates", "val_dates", "test_dates")  # fmt: skip
+
+    def check_same_data(self, ds: Dataset, source: str, run_path: str) -> None:
+        """Refuse data that is not the data the run was started on: its feature columns, rows,
+        universe and splits must be those recorded here (a copy of the data elsewhere passes).
+
+        Raises:
+            RunDirError: naming what differs and the fix.
+        """
+        diffs = []
+        if self.columns != ds.columns.to_dict():
+            mine = {k: len(v) for k, v in self.columns.items()}
+            theirs = {k: len(v) for k, v in ds.columns.to_dict().items()}
+            diffs.append(f"feature columns {theirs} vs the run's {mine}")
+        diffs += [f"{k} {ds.info.get(k)!r} vs the run's {self.data.get(k)!r}"
+                  for k in self.SAME_DATA if k in self.data and ds.info.get(k) != self.data[k]]  # fmt: skip
+        if diffs:
+            raise RunDirError(
+                f"{source} is not the data {run_path} was started on ({self.source}): "
+                f"{'; '.join(diffs[:3])}. Fix: leave --data out to use the run's data, or pass a "
+                f"copy of it."
+            )
 
 
 @dataclass(frozen=True)
@@ -410,7 +437,10 @@ class RunDir:
         return storage.exists(self.file(SPEC_FILE))
 
     def require(self) -> None:
-        """Raises RunDirError unless this is a run directory."""
+        """Raises RunDirError unless this is a run directory (StorageError when its storage
+        cannot be reached)."""
+        if storage.is_uri(self.path) or os.path.exists(self.path):
+            storage.check_dir(self.path, what="run directory")
         if self.is_run():
             return
         what = "does not exist" if not storage.exists(self.path) else f"holds no {SPEC_FILE}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 
+from ranker import synth
 from ranker.data import Dataset, load
 from search.spec import SearchSpec
 
@@ -17,8 +18,8 @@ log = logging.getLogger("liquid_search")
 def data_source(spec: SearchSpec, override: str | None = None) -> str:
     """The data directory/URI: --data, spec.data.source, or the cached synthetic market
     (generated on first use)."""
-    source = override or spec.data.source
-    if source:
+    source = override if override is not None else spec.data.source
+    if source is not None:
         return source
     s = spec.data.synth
     tag = f"synth-scale{s.scale:g}-seed{s.seed}-signal{s.signal:g}"
@@ -27,14 +28,11 @@ def data_source(spec: SearchSpec, override: str | None = None) -> str:
     if s.n_dates:
         tag += f"-dates{s.n_dates}"
     path = os.path.join(os.path.expanduser(spec.data.cache_dir), tag)
-    if not os.path.exists(os.path.join(path, "synth.json")):
+    if not os.path.exists(os.path.join(path, synth.SUMMARY_FILE)):
         log.info(f"generating the synthetic market into {path} (once; cached for later runs)")
-        # Imported here, not above: it needs pandas (~0.3 s), which nothing else on the
-        # training path does.
-        from ranker.synth import generate
-
-        generate(path, scale=s.scale, seed=s.seed, signal=s.signal, n_symbols=s.n_symbols,
-                 n_dates=s.n_dates, log=log.info)  # fmt: skip
+        # The cache is ours: a half-written market left by an interrupted generation is replaced.
+        synth.generate(path, scale=s.scale, seed=s.seed, signal=s.signal, n_symbols=s.n_symbols,
+                       n_dates=s.n_dates, log=log.info, force=True)  # fmt: skip
     return path
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -23,6 +25,7 @@ from ranker.config import ConfigError, build
 from ranker.costs import CostModel
 from ranker.model import ModelConfig
 from ranker.split import SplitConfig
+from ranker.synth import check_params as synth_params
 from ranker.train import TrainConfig, resolve_precision
 from ranker.universe import UniverseConfig
 from search.errors import SearchError, SpecError
@@ -44,12 +47,29 @@ class SynthSpec:
     n_dates: int | None = None
     n_symbols: int | None = None
 
+    def __post_init__(self) -> None:
+        problems = synth_params(self.scale, self.seed, self.n_symbols, self.n_dates, self.signal)
+        if problems:
+            raise ConfigError([f"data.synth.{p}" for p in problems])
+
 
 @dataclass(frozen=True)
 class DataSpec:
     source: str | None = None  # a directory or URI; None: the built-in synthetic market
     cache_dir: str = "~/.cache/liquid-search"
     synth: SynthSpec = field(default_factory=SynthSpec)
+
+    def __post_init__(self) -> None:
+        errors = []
+        if self.source is not None and not self.source.strip():
+            errors.append(
+                f"data.source={self.source!r}: empty. Fix: a directory or URI with the data, or "
+                f"null for the built-in synthetic market"
+            )
+        if not self.cache_dir.strip():
+            errors.append(f"data.cache_dir={self.cache_dir!r}: empty. Fix: a directory")
+        if errors:
+            raise ConfigError(errors)
 
 
 @dataclass(frozen=True)
@@ -89,6 +109,11 @@ class FinalSpec:
     epochs: int = 25
     baseline: bool = True  # also train on the full (not liquid) universe, for comparison
 
+    def __post_init__(self) -> None:
+        if not (isinstance(self.epochs, int) and not isinstance(self.epochs, bool)
+                and self.epochs >= 1):  # fmt: skip
+            raise ConfigError([f"final.epochs={self.epochs!r}: must be a positive integer"])
+
 
 @dataclass(frozen=True)
 class ResourceSpec:
@@ -102,11 +127,15 @@ class ResourceSpec:
 
     def __post_init__(self) -> None:
         errors = []
-        if not self.cpu > 0:
-            errors.append(f"resources.cpu={self.cpu}: must be > 0 (fractions such as 0.5 are fine)")
-        if not (0 <= self.gpu <= 1 or self.gpu == int(self.gpu)):
+        if not (math.isfinite(self.cpu) and self.cpu > 0):
             errors.append(
-                f"resources.gpu={self.gpu}: must be a fraction in [0, 1] or a whole number"
+                f"resources.cpu={self.cpu}: must be a number > 0 (fractions such as 0.5 are fine)"
+            )
+        if not (math.isfinite(self.gpu) and self.gpu >= 0
+                and (self.gpu <= 1 or self.gpu == int(self.gpu))):  # fmt: skip
+            errors.append(
+                f"resources.gpu={self.gpu}: must be 0 (no GPU), a fraction in (0, 1] or a whole "
+                f"number of GPUs"
             )
         if errors:
             raise ConfigError(errors)
@@ -166,6 +195,7 @@ _SECTIONS: dict[str, type] = {
     "resources": ResourceSpec,
 }
 _TOP = {f.name for f in fields(SearchSpec)}
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@-]*")
 _SELECT = ("mean", "median", "min")
 # Input sizes come from the data, never from the spec.
 _DATA_SIZED = ("n_fundamental_features", "n_price_features", "n_embedding_dim")
@@ -332,12 +362,16 @@ def from_dict(
     for k in ("storage", "name"):
         if k in raw:
             v = raw[k]
-            if (isinstance(v, str) and v) or (k == "name" and v is None):
+            if (isinstance(v, str) and v.strip()) or (k == "name" and v is None):
                 kw[k] = v
             else:
                 errors.append(f"{k}={v!r}: expected a non-empty string")
-    if kw.get("name") and ("/" in kw["name"] or kw["name"].startswith(".")):
-        errors.append(f"name={kw['name']!r}: a run name cannot contain '/' or start with '.'")
+    if kw.get("name") and not _RUN_NAME.fullmatch(kw["name"]):
+        errors.append(
+            f"name={kw['name']!r}: a run name becomes a directory or object prefix: letters, "
+            f"digits and . _ - + = @ only, starting with a letter or digit (it cannot contain "
+            f"'/' or start with '.'). Fix: e.g. name=run-1"
+        )
     if require_stages and "stages" not in raw and not errors:
         errors.append("stages: the spec defines no stages")
     spec = SearchSpec(**kw)  # refused sections stand in as their defaults, to check the grid
@@ -414,33 +448,90 @@ def load(
     path: str | os.PathLike | None,
     overrides: list[str] | None = None,
     require_stages: bool = True,
+    flags: dict[str, tuple[str, str | None]] | None = None,
 ) -> SearchSpec:
-    """Load a spec file (default: configs/search.yaml's content when path is None) with overrides."""
+    """Load a spec file (default: configs/search.yaml's content when path is None) with overrides.
+
+    Args:
+        path: the spec file.
+        overrides: dotted `key=value` pairs, values parsed as YAML.
+        require_stages: refuse a spec without stages.
+        flags: top-level keys set by command-line flags, as {key: (flag, value)}, e.g.
+            {"name": ("--name", "r1")}; applied after the overrides, as strings; a None value
+            is left out. Their problems are listed with the spec's, naming the flag.
+
+    Raises:
+        SpecError: every problem of the file, the overrides and the flags at once.
+    """
     source = os.fspath(path) if path is not None else "<defaults>"
-    raw: Any = {}
-    if path is not None:
-        try:
-            with open(path) as f:
-                raw = yaml.safe_load(f)
-        except FileNotFoundError:
-            raise SpecError(
-                source, [f"file not found; the bundled specs are {bundled_specs()}"]
-            ) from None
-        except yaml.YAMLError as e:
-            raise SpecError(source, [f"not valid YAML: {e}"]) from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise SpecError(source, [f"expected a mapping of sections, got {type(raw).__name__}"])
+    raw = _read_spec_file(path, source) if path is not None else {}
+    return from_raw(raw, source, overrides, require_stages, flags)
+
+
+def from_raw(
+    raw: dict[str, Any],
+    source: str,
+    overrides: list[str] | None = None,
+    require_stages: bool = True,
+    flags: dict[str, tuple[str, str | None]] | None = None,
+) -> SearchSpec:
+    """`load` for a mapping of sections already read (`source` names it in messages).
+
+    Raises:
+        SpecError: every problem of the mapping, the overrides and the flags at once.
+    """
     raw = apply_overrides(raw, overrides or [])
+    set_by = {}
+    for key, (flag, value) in (flags or {}).items():
+        if value is not None:
+            raw[key] = value
+            set_by[key] = flag
     try:
         return from_dict(raw, source, require_stages)
     except SpecError as e:
-        # Say which problems a command-line override made, not only the file's name.
+        # Say which problems a command-line override or flag made, not only the file's name.
         keys = [o.partition("=")[0].strip() for o in overrides or []]
-        errors = [f"{err} (set on the command line)" if _about(err, keys) else err
-                  for err in e.errors]  # fmt: skip
+        errors = []
+        for err in e.errors:
+            flag = next((f for k, f in set_by.items() if _about(err, [k])), None)
+            if flag:
+                err = f"{err} (set by {flag} on the command line)"
+            elif _about(err, keys):
+                err = f"{err} (set on the command line)"
+            errors.append(err)
         raise SpecError(e.source, errors) from None
+
+
+def _read_spec_file(path: str | os.PathLike, source: str) -> dict[str, Any]:
+    """A spec file's mapping of sections.
+
+    Raises:
+        SpecError: the file is missing, a directory, unreadable, not YAML or not a mapping.
+    """
+    if not source.strip():
+        raise SpecError("--config ''", [f"empty path; the bundled specs are {bundled_specs()}"])
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise SpecError(
+            source, [f"file not found; the bundled specs are {bundled_specs()}"]
+        ) from None
+    except IsADirectoryError:
+        raise SpecError(
+            source, [f"is a directory, not a spec file; the bundled specs are {bundled_specs()}"]
+        ) from None
+    except (PermissionError, UnicodeDecodeError) as e:
+        raise SpecError(
+            source, [f"cannot be read as a YAML spec ({type(e).__name__}: {e})"]
+        ) from None
+    except yaml.YAMLError as e:
+        raise SpecError(source, [f"not valid YAML: {e}"]) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SpecError(source, [f"expected a mapping of sections, got {type(raw).__name__}"])
+    return raw
 
 
 def _about(error: str, keys: list[str]) -> bool:

@@ -183,3 +183,67 @@ def _snapshot_s3(path: str, fs: pafs.FileSystem) -> dict:
 
 def _stop_clean_quietly(cluster) -> None:
     assert cluster.stop() == [], "processes outlived the cluster's shutdown"
+
+
+def test_storage_problems_end_in_one_line_within_seconds(s3, tmp_path):
+    """A missing bucket, a path that is a file, an endpoint that does not answer, credentials the
+    store refuses: one line naming the URI and what to check, exit 2, before Ray starts, nothing
+    written."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    run = ["run", "--config", str(SMOKE), "--storage"]
+    denying = _moto(tmp_path / "denying", INITIAL_NO_AUTH_ACTION_COUNT="0")  # checks credentials
+    try:
+        cases = {
+            "status, no bucket": (["status", "s3://missing-bucket/runs/x"], s3,
+                                  "the bucket 'missing-bucket' does not exist"),
+            "run --storage, no bucket": ([*run, "s3://missing-bucket/runs", "--data",
+                                          "s3://liquid/market"], s3, "'missing-bucket' does not"),
+            "run --data, no bucket": ([*run, str(tmp_path / "runs"), "--data",
+                                       "s3://missing-bucket/market"], s3, "'missing-bucket' does"),
+            "report, no run": (["report", "s3://liquid/runs/none"], s3,
+                               "s3://liquid/runs/none does not exist"),
+            "storage is a file": ([*run, "s3://liquid/market/prices.pqt", "--data",
+                                   "s3://liquid/market"], s3, "is a file, not a storage"),
+            "endpoint down": (["status", "s3://liquid/runs/x"],
+                              {**s3, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"},
+                              "the endpoint does not answer"),
+            "credentials refused": (["status", "s3://liquid/runs/x"],
+                                    {**s3, "AWS_ENDPOINT_URL": denying[1]}, "access denied"),
+        }  # fmt: skip
+        t0 = time.time()
+        procs = {k: subprocess.Popen([sys.executable, "-m", "search.cli", *a], cwd=cwd,
+                                     env={**os.environ, **env}, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for k, (a, env, _) in cases.items()}  # fmt: skip
+        for k, p in procs.items():
+            out, err = p.communicate(timeout=120)
+            assert p.returncode == 2 and err.count("\n") == 1, (k, err[-3000:])
+            assert err.startswith("error: ") and cases[k][2] in err and "Fix:" in err, (k, err)
+            assert "Traceback" not in err and out == "", (k, err)
+            assert "ray 2." not in err, f"{k}: Ray started before the check"
+        assert time.time() - t0 < 40, "each answer comes within seconds"
+    finally:
+        denying[0].terminate()
+        denying[0].wait(timeout=30)
+    assert list(cwd.iterdir()) == [] and not (tmp_path / "runs").exists()
+
+
+def _moto(logdir: Path, **env: str) -> tuple[subprocess.Popen, str]:
+    """Another moto server (with `env`, e.g. to check credentials): (process, endpoint URL)."""
+    logdir.mkdir()
+    port = free_port()
+    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"),
+                             "-H", "127.0.0.1", "-p", str(port)], env={**os.environ, **env},
+                            stdout=open(logdir / "moto.log", "w"), stderr=subprocess.STDOUT)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return proc, url
+        except urllib.error.HTTPError:  # it answers (with an auth error)
+            return proc, url
+        except OSError:
+            assert proc.poll() is None and time.time() < deadline, "moto_server did not start"
+            time.sleep(0.3)

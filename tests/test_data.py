@@ -215,7 +215,11 @@ def test_bad_prices(tiny_market, tmp_path):
     v = t.column("volume").to_numpy().copy()
     v[0] = -1
     pq.write_table(_set(t, "volume", pa.array(v)), dst / schema.PRICES_FILE)
-    with pytest.raises(DataError, match=r"prices.pqt: column 'volume' has 1 missing, negative"):
+    with pytest.raises(
+        DataError,
+        match=r"prices.pqt: column 'volume' has 1 value\(s\) that are "
+        r"missing, non-finite or not zero or more, e.g. row 0 \(symbol=",
+    ):
         load(dst)
 
 

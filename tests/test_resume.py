@@ -153,6 +153,18 @@ def test_ctrl_c_mid_stage_then_resume(tiny_market, tmp_path, clean_run):
     _check_resumed(tiny_market, tmp_path, "r", before, clean_run)
 
 
+def test_sigterm_is_an_interrupt_too(tiny_market, tmp_path, spawns_ray):
+    """A scheduler's stop (SIGTERM: `timeout`, `ray job stop`, Kubernetes) stops the run as
+    Ctrl-C does: Tune saves its trials, the run is recorded as interrupted, one line names
+    `resume`, exit 130."""
+    _, out = _interrupt_when_stuck(tiny_market, tmp_path, "t", signal.SIGTERM)
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("error: stage 'architecture' was interrupted"), out[-3000:]
+    assert f"liquid-search resume {tmp_path / 't'}" in last and "Traceback" not in out
+    run = RunDir(str(tmp_path / "t")).load()
+    assert not run.stage("architecture").done and run.info.outcome == "interrupted"
+
+
 def test_sigkill_mid_stage_then_resume(tiny_market, tmp_path, clean_run):
     before, _ = _interrupt_when_stuck(tiny_market, tmp_path, "r", signal.SIGKILL)
     run = RunDir(str(tmp_path / "r")).load()

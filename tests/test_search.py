@@ -222,3 +222,28 @@ def test_import_ranker_then_use_a_submodule():
     r = subprocess.run([sys.executable, "-c", "import ranker; print(ranker.checkpoint.load)"],
                        capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode == 0 and "function load" in r.stdout, r.stderr
+
+
+def test_report_refuses_data_that_is_not_the_runs(smoke_run: Path, tiny_market, tmp_path):
+    """`report --data OTHER` would rewrite the run's analysis from other data: refused in one
+    line (other rows, or embeddings of another width than the run's models take), the run's
+    files untouched; a copy of the run's own data elsewhere is accepted."""
+    from ranker.synth import generate
+    from tests.test_inputs import snapshot
+
+    other = tmp_path / "other"
+    generate(other, n_symbols=300, n_dates=250, signal=4.0, seed=1)
+    narrow = tmp_path / "narrow"
+    generate(narrow, n_symbols=400, n_dates=250, signal=4.0, seed=0, emb_dim=384)
+    before = snapshot(smoke_run)
+    for data, want in ((other, "rows"), (narrow, "feature columns {'fund': 19, 'price': 9, "
+                                                 "'emb': 384} vs the run's {'fund': 19, "
+                                                 "'price': 9, 'emb': 768}")):  # fmt: skip
+        r = _cli("report", str(smoke_run), "--data", str(data), timeout=120)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-3000:]
+        assert f"{data} is not the data {smoke_run} was started on" in r.stderr, r.stderr
+        assert want in r.stderr and "Fix: leave --data out" in r.stderr, r.stderr
+        assert snapshot(smoke_run) == before
+    copy = shutil.copytree(tiny_market, tmp_path / "moved")
+    r = _cli("report", str(smoke_run), "--data", str(copy), "--no-test", timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]

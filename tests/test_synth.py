@@ -255,11 +255,15 @@ def test_failed_run_leaves_previous_files_and_no_temp_files(tmp_path):
         raise RuntimeError(f"interrupted at: {msg}")
 
     with pytest.raises(RuntimeError, match="interrupted"):
-        synth.generate(tmp_path, n_symbols=12, n_dates=10, emb_dim=8, seed=1, log=crash)
+        synth.generate(tmp_path, n_symbols=12, n_dates=10, emb_dim=8, seed=1, log=crash, force=True)
     assert {p.name for p in tmp_path.iterdir()} == FILES
     assert {name: (tmp_path / name).read_bytes() for name in FILES} == before
+    # Without force, a folder holding a market is refused, and left as it was.
+    with pytest.raises(synth.SynthError, match=r"already holds ml_dataset\.pqt"):
+        synth.generate(tmp_path, n_symbols=12, n_dates=10, emb_dim=8, seed=1)
+    assert {name: (tmp_path / name).read_bytes() for name in FILES} == before
     # A successful run replaces them, leaving no temporary file either.
-    synth.generate(tmp_path, n_symbols=12, n_dates=10, emb_dim=8, seed=1)
+    synth.generate(tmp_path, n_symbols=12, n_dates=10, emb_dim=8, seed=1, force=True)
     assert {p.name for p in tmp_path.iterdir()} == FILES
     assert (tmp_path / DATASET_FILE).read_bytes() != before[DATASET_FILE]
 
@@ -267,7 +271,7 @@ def test_failed_run_leaves_previous_files_and_no_temp_files(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"n_symbols": 5}, "at least 10"),
+        ({"n_symbols": 5}, "n_symbols=5: must be an integer >= 10"),
         ({"scale": 0.0}, "scale=0.0"),
         ({"n_dates": 1}, "n_dates=1"),
         ({"signal": -1.0}, "signal=-1.0"),

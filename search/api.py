@@ -1,0 +1,454 @@
+"""The Python API: start, continue, rerun and read searches from Python or a notebook.
+
+Every `liquid-search` command is a thin layer over a function here, so there is one way to do
+each thing, with the same checks:
+
+    from search import api
+    run = api.run("configs/smoke.yaml", overrides=["train.epochs=2"])  # blocks; returns a view
+    run = api.open_run("runs/run-20261203-101500")  # any run directory, local or s3://
+
+Every input is checked before anything starts or is written (the spec with every grid point,
+the flags, the storage, the data and, for a run that exists, that the data is the run's own);
+a problem a user can fix raises one of `USER_ERRORS`, whose message is one line naming the
+problem and the fix. Progress goes to the `liquid_search` logger.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ranker import storage
+from ranker.config import ConfigError
+from ranker.data import DataError
+from ranker.synth import SynthError
+from search import spec as specmod
+from search.errors import Interrupted, RunDirError, SearchError, SpecError
+from search.rundir import SPEC_FILE, Run, RunDir
+from search.spec import SearchSpec
+
+log = logging.getLogger("liquid_search")
+
+# The errors a user can fix: each message is one line, naming the problem and the fix.
+USER_ERRORS: tuple[type[Exception], ...] = (
+    SearchError, DataError, ConfigError, storage.StorageError, SynthError,
+)  # fmt: skip
+
+# Sections of a run's spec that `resume` may change: none of them changes what a finished or
+# running trial trained, so the stages already done stay valid.
+RESUMABLE = ("final", "costs", "resources", "max_concurrent", "max_failures")
+
+Config = str | os.PathLike | dict[str, Any] | SearchSpec | None
+
+
+# ---------------------------------------------------------------- specs
+
+
+def load_spec(
+    config: Config = None,
+    overrides: Sequence[str] = (),
+    *,
+    require_stages: bool = True,
+    flags: dict[str, tuple[str, str | None]] | None = None,
+    problems: Sequence[str] = (),
+    source: str = "<spec>",
+) -> SearchSpec:
+    """A checked search spec.
+
+    Args:
+        config: a spec file, a dict of sections, a SearchSpec, or None for the bundled
+            configs/search.yaml.
+        overrides: dotted `key=value` pairs, values parsed as YAML.
+        require_stages: refuse a spec without stages (`train` needs none).
+        flags: top-level keys set by command-line flags: {key: (flag, value)}.
+        problems: problems found with other inputs (flags), listed with the spec's own.
+        source: the name of a dict or SearchSpec `config` in messages.
+
+    Raises:
+        SpecError: every problem at once.
+    """
+    try:
+        if isinstance(config, SearchSpec):
+            config = config.to_dict()
+        if isinstance(config, dict):
+            sp = specmod.from_raw(config, source, list(overrides), require_stages, flags)
+        else:
+            path = _default_config() if config is None else config
+            sp = specmod.load(path, list(overrides), require_stages, flags)
+    except SpecError as e:
+        raise SpecError(e.source, [*problems, *e.errors]) from None
+    if problems:
+        raise SpecError("command line", list(problems))
+    return sp
+
+
+def _default_config() -> str:
+    if not os.path.exists(specmod.DEFAULT_CONFIG):
+        raise RunDirError(
+            f"the bundled spec {specmod.DEFAULT_CONFIG} is missing. Fix: pass a search spec "
+            f"(see configs/search.yaml in the repository)."
+        )
+    return specmod.DEFAULT_CONFIG
+
+
+def _precision_line(asked: SearchSpec, sp: SearchSpec) -> str:
+    """The line that says which precision a run or training uses (and that `auto` chose it)."""
+    how = " (train.precision=auto)" if asked.train.precision == "auto" else ""
+    return f"precision: {sp.train.precision}{how}"
+
+
+def _data_problem(data: str | None, flag: str = "--data") -> list[str]:
+    if data is not None and not str(data).strip():
+        return [
+            f"{flag}={data!r}: empty (an unset shell variable?). Fix: a directory or URI with "
+            f"the data, or leave {flag} out for the spec's data"
+        ]
+    return []
+
+
+# ---------------------------------------------------------------- synth and train
+
+
+def synth(
+    out_dir: str | os.PathLike,
+    *,
+    scale: float = 1.0,
+    seed: int = 0,
+    signal: float = 1.0,
+    n_symbols: int | None = None,
+    n_dates: int | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Write a synthetic market in the data's schema (`ranker.synth.generate`); its summary.
+
+    Raises:
+        SynthError: a bad parameter, a file for `out_dir`, or a folder holding data (without
+            `force`).
+    """
+    from ranker.synth import generate
+
+    t0 = time.time()
+    info = generate(out_dir, scale=scale, seed=seed, signal=signal, n_symbols=n_symbols,
+                    n_dates=n_dates, log=log.info, force=force)  # fmt: skip
+    log.info(f"wrote {out_dir} in {time.time() - t0:.0f}s")
+    return info
+
+
+def train(
+    config: Config = None,
+    *,
+    data: str | None = None,
+    overrides: Sequence[str] = (),
+    threads: int = 1,
+    out: str | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """One training run without Ray on the spec's model, train, universe and split: val and
+    test metrics, costs, and the oracle's metrics on a synthetic market.
+
+    Args:
+        threads: torch threads.
+        out: also save the trained model's checkpoint here (a path or URI); an existing file is
+            refused unless `force`.
+
+    Raises:
+        SpecError, DataError, StorageError: a bad input, before any training.
+    """
+    from ranker import checkpoint
+    from ranker import device as devices
+    from ranker.backtest import backtest
+    from ranker.train import fit, score
+    from search.source import data_source, load_data
+
+    problems = _data_problem(data)
+    if not (isinstance(threads, int) and threads >= 1):
+        problems.append(f"--threads={threads!r}: must be a positive integer, e.g. 1")
+    if out is not None:
+        problems += _out_problem(out, force)
+    asked = load_spec(config, overrides, require_stages=False, problems=problems)
+    sp = specmod.with_precision_resolved(asked)
+    source = data_source(sp, data)
+    devices.setup(threads, 0)
+    ds = load_data(sp, source, baseline=False)
+    log.info(_precision_line(asked, sp))
+    log.info(f"training {sp.train.epochs} epochs on {len(ds.train):,} rows ({threads} thread(s))")
+    result = fit(sp.model, sp.train, ds.train, ds.val, log=log.info)
+    bt = backtest(ds.test, score(result.model, ds.test), sp.train.k, sp.costs)
+    summary: dict[str, Any] = {
+        "val": result.metrics,
+        "test": bt.metrics,
+        "best_epoch": result.best_epoch,
+        "seconds": round(result.seconds, 2),
+        "costs": bt.costs,
+        "rows": {"train": len(ds.train), "val": len(ds.val), "test": len(ds.test)},
+        "precision": sp.train.precision,
+    }
+    if bt.oracle is not None:
+        summary["oracle_test"] = bt.oracle
+    if out is not None:
+        checkpoint.save(out, result.model, ds.columns, train_config=sp.train.to_dict(),
+                        universe=sp.universe.to_dict(),
+                        metrics={"val": summary["val"], "test": summary["test"]})  # fmt: skip
+        summary["checkpoint"] = storage.absolute(out)
+    return summary
+
+
+def _out_problem(out: str, force: bool) -> list[str]:
+    """Why a checkpoint cannot be written at `out` ([] when it can)."""
+    if not str(out).strip():
+        return [f"--out={out!r}: empty. Fix: a file path or URI for the checkpoint"]
+    try:
+        if storage.is_uri(out):
+            return []
+        path = storage.absolute(out)
+        if os.path.isdir(path):
+            return [f"--out={out!r} is a directory. Fix: a file path, e.g. {out}/ranker.pt"]
+        if os.path.exists(path) and not force:
+            return [f"--out={out!r} exists. Fix: another path, or --force to replace it"]
+        storage.check_dir(os.path.dirname(path), create=True, what="checkpoint's directory")
+    except storage.StorageError as e:
+        return [f"--out: {e}"]
+    return []
+
+
+# ---------------------------------------------------------------- run, resume, rerun
+
+
+Started = Callable[[str], None]
+
+
+def run(
+    config: Config = None,
+    *,
+    data: str | None = None,
+    overrides: Sequence[str] = (),
+    storage_path: str | None = None,
+    name: str | None = None,
+    address: str | None = None,
+    verbose: bool = False,
+    on_start: Started | None = None,
+) -> Run:
+    """Run the staged search, the final model and the test set in a new run directory.
+
+    Args:
+        config, overrides: the spec (see `load_spec`).
+        data: a directory or URI with the data (default: the spec's, else the built-in
+            synthetic market).
+        storage_path: where runs go (default: the spec's `storage`); the run is
+            `<storage>/<name>`.
+        name: the run's name (default: the spec's, else `run-<timestamp>`).
+        address: the Ray cluster to join (default: this process's Ray, a Ray job's, or a new
+            local one).
+        verbose: keep Ray's and Tune's own INFO lines.
+        on_start: called with the run directory once Ray is up, just before the search starts.
+
+    Returns:
+        The run, loaded (`rundir.Run`), complete.
+
+    Raises:
+        one of USER_ERRORS: a bad input (before anything is written), or a stage where no trial
+            finished; Interrupted or KeyboardInterrupt on Ctrl-C (the run is resumable).
+    """
+    from search.connect import run_storage
+    from search.source import data_source
+
+    flags = {"name": ("--name", name), "storage": ("--storage", storage_path)}
+    asked = load_spec(config, overrides, flags=flags, problems=_data_problem(data))
+    sp = specmod.with_precision_resolved(asked)
+    root = run_storage(sp.storage)
+    storage.check_dir(root, create=True, what="storage")
+    rd = RunDir(storage.join(root, sp.name or time.strftime("run-%Y%m%d-%H%M%S")))
+    if rd.is_run():
+        raise RunDirError(
+            f"{rd.path} already holds a run. Fix: `liquid-search resume {rd.path}` to continue "
+            f"it, or pass another --name."
+        )
+    if storage.listdir(rd.path):
+        raise RunDirError(
+            f"{rd.path} exists and holds files that are not a run. Fix: pass another --name."
+        )
+    return _execute(rd, sp, data_source(sp, data), address, verbose, on_start,
+                    precision=_precision_line(asked, sp))  # fmt: skip
+
+
+def resume(
+    run_dir: str,
+    *,
+    data: str | None = None,
+    overrides: Sequence[str] = (),
+    address: str | None = None,
+    verbose: bool = False,
+    on_start: Started | None = None,
+) -> Run:
+    """Continue an interrupted, killed or failed run where it stopped.
+
+    Args:
+        overrides: changes to the run's spec, only in the sections that do not change what a
+            trial trains (`RESUMABLE`: final, costs, resources, max_concurrent, max_failures),
+            e.g. `final.epochs=20` after a run failed in its final model.
+
+    Raises:
+        one of USER_ERRORS, as `run`; RunDirError for an override of another section, or data
+            that is not the run's.
+    """
+    from search.source import data_source
+
+    rd = RunDir(run_dir)
+    old = rd.read_spec()
+    problems = _data_problem(data)
+    sp = old
+    if overrides or problems:
+        sp = _resumed_spec(old, overrides, problems, rd.file(SPEC_FILE))
+    if rd.is_complete():
+        log.info(f"{rd.path} is complete: nothing to resume (`liquid-search status` shows it)")
+        return rd.load()
+    info = rd.read_info()
+    source = data or (info.source if info else None) or data_source(sp)
+    return _execute(rd, sp, source, address, verbose, on_start,
+                    new_spec=sp if sp != old else None)  # fmt: skip
+
+
+def _resumed_spec(
+    old: SearchSpec, overrides: Sequence[str], problems: list[str], source: str
+) -> SearchSpec:
+    """The run's spec with `overrides` applied, refusing any outside `RESUMABLE`."""
+    bad = [o for o in overrides
+           if o.partition("=")[0].strip().split(".")[0] not in RESUMABLE]  # fmt: skip
+    problems = list(problems) + [
+        f"override {o!r}: only {list(RESUMABLE)} may change when a run resumes (the stages "
+        f"already trained with the rest). Fix: drop it, or start a new run with it"
+        for o in bad
+    ]
+    return load_spec(old, overrides, problems=problems, source=source)
+
+
+def rerun_stage(
+    run_dir: str,
+    stage: str,
+    *,
+    cont: bool = False,
+    data: str | None = None,
+    address: str | None = None,
+    verbose: bool = False,
+    on_start: Started | None = None,
+) -> Run:
+    """Rerun one stage from the saved best of the stage before it, in a new attempt directory
+    (`<stage>.v2`, earlier attempts kept); with `cont`, the later stages and the final model too.
+
+    Raises:
+        one of USER_ERRORS, as `run`; RunDirError for an unknown stage or one whose previous
+            stage has not finished.
+    """
+    rd = RunDir(run_dir)
+    sp = rd.read_spec()
+    if _data_problem(data):
+        raise SpecError("command line", _data_problem(data))
+    names = [s.name for s in sp.stages]
+    if stage not in names:
+        raise RunDirError(f"no stage {stage!r} in {rd.path}. Fix: name one of its stages {names}.")
+    idx = names.index(stage)
+    for prev in names[:idx]:
+        if rd.read_best(prev) is None:
+            raise RunDirError(
+                f"stage {stage!r} starts from the best of {prev!r}, which has not finished "
+                f"in {rd.path}. Fix: `liquid-search resume {rd.path}` first."
+            )
+    info = rd.read_info()
+    source = data or (info.source if info else None)
+    if source is None:
+        raise RunDirError(f"{rd.path} records no data source. Fix: pass --data.")
+    rerun = names[idx:] if cont else [stage]
+    return _execute(rd, sp, source, address, verbose, on_start, rerun=rerun,
+                    stop_after=None if cont else stage)  # fmt: skip
+
+
+def _execute(
+    rd: RunDir,
+    sp: SearchSpec,
+    source: str,
+    address: str | None,
+    verbose: bool,
+    on_start: Started | None,
+    *,
+    new_spec: SearchSpec | None = None,
+    precision: str | None = None,
+    **kw: Any,
+) -> Run:
+    """Load and check the data (before Ray: bad input writes nothing), connect, check the
+    cluster, then run; record how the driver stopped in run.json."""
+    from search import connect, driver
+    from search.source import load_data
+
+    ds = load_data(sp, source)
+    info = rd.read_info()
+    if info is not None:
+        info.check_same_data(ds, source, rd.path)
+    log.info(precision or _precision_line(sp, sp))
+    connect.init(address, verbose=verbose)
+    connect.check_storage(rd.path)
+    connect.check_resources(sp.resources.cpu, sp.resources.gpu, sp.resources.autoscale)
+    if new_spec is not None:
+        rd.write_spec(new_spec)
+        log.info(f"{rd.path}: the spec now has the overrides (spec.yaml rewritten)")
+    log.info(f"run directory: {rd.path}")
+    if on_start is not None:
+        on_start(rd.path)
+    outcome = "failed"
+    try:
+        summary = driver.run(sp, rd, ds, source, **kw)
+        outcome = "complete" if summary is not None else f"stopped after {kw.get('stop_after')}"
+    except (Interrupted, KeyboardInterrupt):
+        outcome = "interrupted"
+        raise
+    except SearchError as e:
+        outcome = f"failed: {e}"
+        raise
+    finally:
+        rd.mark_ended(outcome)
+    return rd.load()
+
+
+# ---------------------------------------------------------------- reading a run
+
+
+def report(run_dir: str, *, data: str | None = None, test: bool = True) -> tuple[str, str]:
+    """Write the run's report.md (with report/*.png) and self-contained report.html; with
+    `test`, first score each stage's top configs on the test set (analysis.json).
+
+    Args:
+        data: where the run's data is now, when it moved (it must be the run's data).
+
+    Returns:
+        (path of report.md, path of report.html).
+
+    Raises:
+        RunDirError: not a run, no finished stage, or `data` that is not the run's.
+    """
+    from search.analysis import analyze, load_test_panel
+    from search.report import write_report
+
+    if _data_problem(data):
+        raise SpecError("command line", _data_problem(data))
+    loaded = RunDir(run_dir).load()
+    if not loaded.finished:
+        raise RunDirError(
+            f"{loaded.path}: no stage has finished yet, so there is nothing to report. Fix: wait "
+            f"for the first stage (`liquid-search status {loaded.path}` shows it)."
+        )
+    if test:
+        panel = load_test_panel(loaded, data)
+        loaded.analysis = analyze(loaded, panel, loaded.spec.train.k)
+        loaded.dir.write_analysis(loaded.analysis)
+    return write_report(loaded)
+
+
+def open_run(run_dir: str) -> Run:
+    """A run directory (a local path or s3:// / gs:// URI), finished or in flight, read once.
+
+    Raises:
+        RunDirError, StorageError: not a run directory, or unreachable.
+    """
+    return RunDir(run_dir).load()
