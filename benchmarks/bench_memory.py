@@ -46,7 +46,7 @@ def main() -> None:
             "final.baseline=false",
         ],
     )
-    ds = load_data(base, args.data)
+    ds = load_data(base, args.data, compare=False)
     refs, ds = driver.prepare(ds)
     mb = ds.train.nbytes / 2**20 + ds.val.nbytes / 2**20
     print(f"Panels in the object store: train + val = {mb:,.0f} MB")

@@ -44,7 +44,7 @@ def main() -> None:
     results: dict[str, list[dict[str, float]]] = {}
     for precision in ("fp32", "bf16"):
         tc0 = dataclasses.replace(sp.train, precision=precision)
-        ds = load_data(dataclasses.replace(sp, train=tc0), source, baseline=False)
+        ds = load_data(dataclasses.replace(sp, train=tc0), source, baseline=False, compare=False)
         results[precision] = []
         for seed in range(args.seeds):
             tc = dataclasses.replace(tc0, seed=seed)

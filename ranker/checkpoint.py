@@ -1,7 +1,8 @@
 """The saved model: weights plus everything needed to use and reproduce it, no pickled classes.
 
 A checkpoint is a plain dict of tensors and Python values, loadable with
-`torch.load(path, weights_only=True)`; `load(path).score(frame)` scores new rows.
+`torch.load(path, weights_only=True)`; `load(path).score(frame)` scores new rows. The model is a
+`MultiBranchRanker` or an `Ensemble` of them (`members` > 1: the mean of their scores).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pyarrow as pa
 import torch
 
 from ranker import storage
-from ranker.model import MultiBranchRanker
+from ranker.model import Ensemble, ModelConfig, MultiBranchRanker
 from ranker.schema import FeatureColumns
 
 if TYPE_CHECKING:  # a DataFrame is scored by duck typing; the training path never needs pandas
@@ -28,7 +29,7 @@ FORMAT = "liquid-ranker/1"
 
 def save(
     path: str | os.PathLike,
-    model: MultiBranchRanker,
+    model: MultiBranchRanker | Ensemble,
     columns: FeatureColumns,
     *,
     train_config: dict[str, Any] | None = None,
@@ -42,6 +43,7 @@ def save(
         "format": FORMAT,
         "model_state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "model_config": model.config.to_dict(),
+        "members": len(model.members) if isinstance(model, Ensemble) else 1,
         "train_config": dict(train_config or {}),
         "columns": columns.to_dict(),
         "universe": dict(universe or {}),
@@ -55,7 +57,7 @@ def save(
 class Ranker:
     """A loaded checkpoint, ready to score rows."""
 
-    model: MultiBranchRanker
+    model: MultiBranchRanker | Ensemble
     columns: FeatureColumns
     payload: dict[str, Any]
 
@@ -130,5 +132,11 @@ def load(path: str | os.PathLike) -> Ranker:
         raise ValueError(f"{path}: not a {FORMAT} checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path}: not a {FORMAT} checkpoint")
-    model = MultiBranchRanker.from_state(payload["model_config"], payload["model_state"])
+    n = int(payload.get("members", 1))
+    if n == 1:
+        model = MultiBranchRanker.from_state(payload["model_config"], payload["model_state"])
+    else:
+        model = Ensemble(ModelConfig.from_dict(payload["model_config"]), n)
+        model.load_state_dict(payload["model_state"])
+        model.eval()
     return Ranker(model, FeatureColumns.from_dict(payload["columns"]), payload)

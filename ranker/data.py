@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,8 @@ from ranker import schema, storage
 from ranker.panel import Panel, to_bf16_bits
 from ranker.schema import FeatureColumns
 from ranker.split import SplitConfig, split_dates
-from ranker.universe import UniverseConfig, full_period_liquid, trailing_liquid
+from ranker.universe import MODES, UniverseConfig, full_period_liquid, trailing_liquid
+from ranker.universe import timeline as universe_timeline
 
 BATCH_BYTES = 64 * 2**20  # decoded feature bytes per read: bounds the loader's working set
 
@@ -44,6 +45,11 @@ class Dataset:
     split: SplitConfig
     full_train: Panel | None = None  # the full (not liquid) universe's train split, news only
     info: dict[str, Any] = field(default_factory=dict)
+    # With `compare_universes`: the test split as each universe rule picks it ("full_period",
+    # "trailing"; the spec's rule's is `test`), and the rules' liquid sets over time
+    # (`ranker.universe.timeline`).
+    test_by_rule: dict[str, Panel] | None = None
+    universe_timeline: dict[str, np.ndarray] | None = None
 
 
 # ---------------------------------------------------------------- file access
@@ -201,6 +207,7 @@ def load(
     log: Callable[[str], None] | None = None,
     threads: bool = True,
     bf16: bool = False,
+    compare_universes: bool = False,
 ) -> Dataset:
     """Load `ml_dataset.pqt` and `prices.pqt` from a directory or URI into Panels.
 
@@ -217,6 +224,9 @@ def load(
         threads: let pyarrow decode on several threads (False: this thread only).
         bf16: store the embeddings as bfloat16 (`Panel.emb_bf16`): half the memory, for
             `train.precision: bf16`. Rows, dates and every other array are the same.
+        compare_universes: also build the test split under every universe rule
+            (`Dataset.test_by_rule`) and the rules' liquid sets over time
+            (`Dataset.universe_timeline`), with the config's threshold and window.
 
     Raises:
         DataError: a missing file or column, a non-numeric feature, a non-finite value,
@@ -233,8 +243,16 @@ def load(
     outside = _outside_price_history(keys)
     say(_universe_line(keys, universe, liquid, no_prices, outside))
     want_full = full_universe & (keys.days < val_start)
-    feats = _read_features(inputs.dataset, inputs.dataset_uri, inputs.columns, liquid | want_full,
-                           split.news_only, keys, say, threads, bf16)  # fmt: skip
+    by_rule = {universe.mode: liquid}
+    if compare_universes:
+        by_rule = {m: liquid if m == universe.mode else _liquid_rows(keys, universe, "", m)
+                   for m in MODES}  # fmt: skip
+    other_test = np.zeros_like(liquid)
+    for mask in by_rule.values():
+        other_test |= mask & (keys.days >= test_start)
+    feats = _read_features(inputs.dataset, inputs.dataset_uri, inputs.columns,
+                           liquid | want_full | other_test, split.news_only, keys, say, threads,
+                           bf16)  # fmt: skip
     rows = feats.pop("rows")
     oracle = None
     if storage.is_file(storage.join(inputs.source, schema.ORACLE_FILE)):
@@ -248,16 +266,23 @@ def load(
     val = _panel(block, kept_liquid & (days >= val_start) & (days < test_start), symbols)
     test = _panel(block, kept_liquid & (days >= test_start), symbols)
     full_train = _panel(block, want_full[rows], symbols) if full_universe else None
+    test_by_rule = None
+    if compare_universes:
+        test_by_rule = {m: test if m == universe.mode else
+                        _panel(block, mask[rows] & (days >= test_start), symbols)
+                        for m, mask in by_rule.items()}  # fmt: skip
     del block
     _check_splits(train, val, test, inputs.dataset_uri)
     info = _describe(inputs.source, keys, liquid, no_prices, train, val, test, full_train)
     info["rows_outside_price_history"] = int(outside.sum())
     info["has_oracle"] = oracle is not None
+    timeline = universe_timeline(keys.days, keys.sym, by_rule) if compare_universes else None
     say(
         f"split (liquid, news only): train {len(train):,} rows ({_date_range(train)}), "
         f"val {len(val):,} ({_date_range(val)}), test {len(test):,} ({_date_range(test)})"
     )
-    return Dataset(train, val, test, inputs.columns, universe, split, full_train, info)
+    return Dataset(train, val, test, inputs.columns, universe, split, full_train, info,
+                   test_by_rule, timeline)  # fmt: skip
 
 
 def _open_inputs(source: str) -> _Inputs:
@@ -413,14 +438,19 @@ def _rows_without_prices(keys: _Keys) -> np.ndarray:
     return ~in_prices[keys.sym]
 
 
-def _liquid_rows(keys: _Keys, universe: UniverseConfig, prices_uri: str) -> np.ndarray:
-    """(N,) bool: the dataset rows in the liquid universe.
+def _liquid_rows(
+    keys: _Keys, universe: UniverseConfig, prices_uri: str, mode: str | None = None
+) -> np.ndarray:
+    """(N,) bool: the dataset rows in the liquid universe; by `mode` when given (another rule,
+    for comparison: it may be empty), else by the config's.
 
     Raises:
-        DataError: no row is liquid.
+        DataError: the config's universe is empty.
     """
     dollar_volume = keys.close * keys.volume
     n_sym = len(keys.symbols)
+    required = mode is None
+    universe = universe if mode is None else replace(universe, mode=mode)
     if universe.mode == "full_period":
         liquid_sym, mean_dv = full_period_liquid(keys.p_sym, dollar_volume, n_sym,
                                                  universe.threshold)  # fmt: skip
@@ -432,7 +462,7 @@ def _liquid_rows(keys: _Keys, universe: UniverseConfig, prices_uri: str) -> np.n
         liquid = trailing_liquid(keys.p_sym, keys.p_days, dollar_volume, keys.sym, keys.days,
                                  universe.threshold, universe.window)  # fmt: skip
         hint = f"no row has {universe.window} trading days of history above it"
-    if not liquid.any():
+    if required and not liquid.any():
         raise DataError(
             f"{prices_uri}: the liquid universe is empty at universe.threshold=${universe.threshold:,.0f} "
             f"(mode {universe.mode}; {hint}). Fix: lower universe.threshold, or check that "

@@ -361,3 +361,34 @@ def _weight_grad(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if x.shape[1] < g.shape[1]:
         return x.t().mm(g).t().contiguous()
     return g.t().mm(x)
+
+
+class Ensemble(nn.Module):
+    """Members of one config trained with different seeds, scored as the mean of their scores:
+    the final model, so that it is not one seed's luck. Scores like a MultiBranchRanker."""
+
+    def __init__(self, config: ModelConfig, n_members: int) -> None:
+        super().__init__()
+        if n_members < 1:
+            raise ValueError(f"an ensemble needs at least one member, got {n_members}")
+        self.members = nn.ModuleList(MultiBranchRanker(config) for _ in range(n_members))
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.members[0].config
+
+    @classmethod
+    def from_states(
+        cls, config: ModelConfig | dict[str, Any], states: list[dict[str, torch.Tensor]]
+    ) -> Ensemble:
+        """The ensemble of the members' saved state dicts, on the CPU, in eval mode."""
+        cfg = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(config)
+        model = cls(cfg, len(states))
+        for member, state in zip(model.members, states, strict=True):
+            member.load_state_dict(state)
+        model.eval()
+        return model
+
+    def forward(self, price: torch.Tensor, fund: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        scores = torch.stack([m(price, fund, emb) for m in self.members])  # (members, B)
+        return scores.mean(dim=0)  # (B,)

@@ -168,7 +168,19 @@ _N_TOPICS = 24
 _N_HIDDEN = 3
 _EMB_MEAN, _EMB_SECTOR, _EMB_TOPIC, _EMB_SIGNAL, _EMB_NOISE = 0.45, 0.45, 0.3, 0.25, 0.6
 
-_STATIC_STREAM, _DAY_STREAM, _CALIBRATION_STREAM = 0, 1, 2
+_STATIC_STREAM, _DAY_STREAM, _CALIBRATION_STREAM, _MOVING_STREAM = 0, 1, 2, 3
+
+# The moving market (`liquidity="moving"`; see the module docstring).
+LIQUIDITY = ("static", "moving")
+_MOVER_FRACTION = 0.5  # of the liquid class: half rise into the liquid set, half fall out
+_MOVER_SPAN = (2.5, 4.0)  # log change of a mover's dollar volume over the whole period
+# Where in the period a mover crosses the $50M threshold: risers early enough that their
+# whole-period mean clears it (the notebook's rule counts them liquid from the start), fallers
+# late enough for the same (it still counts them liquid after they have dropped out).
+_RISER_CROSS = (0.05, 0.6)
+_FALLER_CROSS = (0.35, 0.85)
+_MOVER_PREMIUM = 0.0015  # planted daily expected log return of a riser before it crosses
+_MOVER_GROWTH = 1.5  # shift of a mover's growth latents (revenue and earnings growth)
 
 
 def _holidays(start: np.datetime64, end: np.datetime64) -> np.ndarray:
@@ -227,6 +239,11 @@ class _Market:
     topics: np.ndarray  # (D, T) float32 unit topic directions
     hidden: np.ndarray  # (H, D) float64 orthonormal signal directions
     proj_sd: np.ndarray  # (H,) sd of e·u_j over news rows
+    # The moving market: +1 a riser, -1 a faller, 0 neither (every symbol of a static market);
+    # a mover's dollar volume is $50M·exp(trend·(i - cross)) on feature date i.
+    mover: np.ndarray | None = None  # (n,) int8
+    trend: np.ndarray | None = None  # (n,) log change per feature date
+    cross: np.ndarray | None = None  # (n,) feature-date index where it crosses $50M
 
 
 def generate(
@@ -242,6 +259,7 @@ def generate(
     end: str = "2025-12-18",
     log: Callable[[str], None] | None = None,
     force: bool = False,
+    liquidity: str = "static",
 ) -> dict:
     """Write a seeded synthetic market with a planted signal into `out_dir`.
 
@@ -265,6 +283,10 @@ def generate(
         and on illiquid news rows.
 
         force: replace those files when they exist.
+        liquidity: "static" (every symbol's liquidity constant: the notebook's universe rule
+            and the point-in-time one pick the same names) or "moving" (risers grow into the
+            liquid set and earn a premium before they do; fallers drop out; see the module
+            docstring). The static market is the same, byte for byte, as before this switch.
 
     Raises:
         SynthError: a parameter is out of range, a date does not parse, `out_dir` is a file,
@@ -273,7 +295,7 @@ def generate(
     out = Path(out_dir)
     _check_out_dir(out, force)
     n_sym, days, price_days = _check_params(
-        scale, seed, n_symbols, n_dates, signal, emb_dim, start, end
+        scale, seed, n_symbols, n_dates, signal, emb_dim, start, end, liquidity
     )
     params = {
         "scale": scale,
@@ -286,10 +308,13 @@ def generate(
         "end": str(days[-1]),
         "lookback": LOOKBACK,
         "liquid_threshold": LIQUID_THRESHOLD,
+        "liquidity": liquidity,
     }
     say = log or (lambda _msg: None)
     out.mkdir(parents=True, exist_ok=True)
     market = _make_market(n_sym, len(days), emb_dim, seed)
+    if liquidity == "moving":
+        market = _with_movers(market, len(days), seed)
 
     summary = _write_market(out, market, days, price_days, signal, seed, emb_dim, say)
     _write_json_atomic(out / SUMMARY_FILE, {"params": params, "summary": summary})
@@ -369,9 +394,12 @@ def check_params(
     n_dates: int | None = None,
     signal: float = 1.0,
     emb_dim: int = 768,
+    liquidity: str = "static",
 ) -> list[str]:
     """Every problem with `generate`'s parameters, one message each ([] when they are fine)."""
     problems = []
+    if liquidity not in LIQUIDITY:
+        problems.append(f"liquidity={liquidity!r}: must be one of {list(LIQUIDITY)}")
     if not (isinstance(seed, int | np.integer) and not isinstance(seed, bool) and seed >= 0):
         problems.append(f"seed={seed!r}: must be a non-negative integer, e.g. 0")
     if not (isinstance(scale, int | float) and math.isfinite(scale) and scale > 0):
@@ -396,13 +424,13 @@ def check_params(
     return problems
 
 
-def _check_params(scale, seed, n_symbols, n_dates, signal, emb_dim, start, end):
+def _check_params(scale, seed, n_symbols, n_dates, signal, emb_dim, start, end, liquidity):
     """Validate the arguments of `generate`; return (n_symbols, feature days, price days).
 
     Raises:
         SynthError: every problem, in one message.
     """
-    problems = check_params(scale, seed, n_symbols, n_dates, signal, emb_dim)
+    problems = check_params(scale, seed, n_symbols, n_dates, signal, emb_dim, liquidity)
     if problems:
         raise SynthError("; ".join(problems))
     if n_symbols is None:
@@ -491,6 +519,29 @@ def _make_market(n: int, n_dates: int, emb_dim: int, seed: int) -> _Market:
     emb, _ = _news_embeddings(market, rng.integers(0, _N_TOPICS, 4096), cal)
     proj_sd = (hidden @ emb.astype(np.float64)).std(axis=1)
     return replace(market, proj_sd=proj_sd)
+
+
+def _with_movers(market: _Market, n_dates: int, seed: int) -> _Market:
+    """The market with movers: a share of the liquid class whose dollar volume grows into the
+    liquid set (risers) or shrinks out of it (fallers), each crossing the $50M threshold once,
+    on a date drawn over the period. Movers live the whole period. Drawn from a stream of their
+    own, so everything else is the static market's."""
+    rng = np.random.default_rng([seed, _MOVING_STREAM])
+    n = len(market.names)
+    candidates = np.flatnonzero(market.liquid)
+    movers = rng.permutation(candidates)[: round(_MOVER_FRACTION * len(candidates))]
+    mover = np.zeros(n, np.int8)
+    mover[movers[: len(movers) // 2]] = 1
+    mover[movers[len(movers) // 2 :]] = -1
+    trend = np.zeros(n)
+    trend[movers] = mover[movers] * rng.uniform(*_MOVER_SPAN, len(movers)) / max(n_dates, 1)
+    cross = np.full(n, -1, np.int64)
+    where = np.where(mover[movers] > 0, rng.uniform(*_RISER_CROSS, len(movers)),
+                     rng.uniform(*_FALLER_CROSS, len(movers)))  # fmt: skip
+    cross[movers] = np.floor(where * n_dates).astype(np.int64)
+    first, stop = market.first.copy(), market.stop.copy()
+    first[movers], stop[movers] = 0, n_dates
+    return replace(market, mover=mover, trend=trend, cross=cross, first=first, stop=stop)
 
 
 def _lifetimes(
@@ -667,6 +718,10 @@ class _Day:
             + math.sqrt(_FUND_DYN) * self.fund_dyn[:, al]
         )
         latent[_F["market_cap_z"]] = np.exp(latent[_F["market_cap_z"]])  # right-skewed, like caps
+        phase = self.mover_phase(i, al)  # +1 a riser before it crosses, -1 a faller after
+        if m.mover is not None:  # growing companies show it in their growth numbers
+            latent[_F["revenue_growth_z"]] += _MOVER_GROWTH * phase
+            latent[_F["earnings_growth_z"]] += _MOVER_GROWTH * phase
         fund = _zscore(latent)
         price = _zscore(_price_features(self.hist[:, al], self.gap[al]))
         has_news = rng.random(len(al)) < m.p_news[al]
@@ -674,6 +729,9 @@ class _Day:
         emb, _ = _news_embeddings(m, m.sector[al[has_news]], rng)
         news_z = np.zeros((_N_HIDDEN, len(al)))
         news_z[:, has_news] = (m.hidden @ emb.astype(np.float64)) / m.proj_sd[:, None]
+        mu = _planted_mu(fund, price, news_z, has_news, m.liquid[al], self.signal)
+        if m.mover is not None:  # a riser earns a premium until it has grown liquid
+            mu = mu + self.signal * _MOVER_PREMIUM * phase
         return {
             "sym": al,
             "fund": fund,
@@ -681,8 +739,29 @@ class _Day:
             "news": has_news,
             "count": _zscore(np.log1p(count)[None, :])[0],
             "emb": emb,  # (D, news rows)
-            "mu": _planted_mu(fund, price, news_z, has_news, m.liquid[al], self.signal),
+            "mu": mu,
         }
+
+    def mover_phase(self, i: int, symbols: np.ndarray) -> np.ndarray:
+        """(len(symbols),) +1 for a riser before it crosses into the liquid set, -1 for a faller
+        after it has crossed out, 0 otherwise (every symbol of a static market)."""
+        m = self.market
+        if m.mover is None:
+            return np.zeros(len(symbols))
+        mv, cross = m.mover[symbols], m.cross[symbols]
+        return np.where((mv > 0) & (i < cross), 1.0, 0.0) - np.where(
+            (mv < 0) & (i >= cross), 1.0, 0.0
+        )
+
+    def dollar_volume(self, t: int, on: np.ndarray) -> np.ndarray:
+        """The target mean dollar volume at price index t of the symbols `on`."""
+        m = self.market
+        if m.mover is None:
+            return m.adv[on]
+        moving = m.mover[on] != 0
+        i = t - LOOKBACK  # the feature date of this price date
+        path = LIQUID_THRESHOLD * np.exp(m.trend[on] * (i - m.cross[on]))
+        return np.where(moving, path, m.adv[on])
 
     def prices(self, t: int, news: np.ndarray, rng: np.random.Generator):
         """(symbols, close, volume) of the symbols with a price at t; news (n,) boosts volume."""
@@ -691,7 +770,7 @@ class _Day:
         close = np.exp(self.hist[5, on])
         noise = np.exp(_VOLUME_SD * rng.standard_normal(len(on)) - _VOLUME_SD**2 / 2)
         boost = np.where(news[on], _NEWS_VOLUME, 1.0) / self.volume_norm[on]
-        volume = np.maximum(np.round(m.adv[on] * noise * boost / close), 1.0)
+        volume = np.maximum(np.round(self.dollar_volume(t, on) * noise * boost / close), 1.0)
         return on, close, volume
 
     def advance(self, mu: np.ndarray, news: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -917,6 +996,27 @@ def _summarize(market: _Market, days: np.ndarray, stats: _Stats) -> dict:
         "oracle_ic_liquid_news": nan_to_none(_mean_daily_ic(date[on], mu[on], ret[on])),
         "oracle_ic_illiquid_news": nan_to_none(_mean_daily_ic(date[~on], mu[~on], ret[~on])),
         "ic_min_rows": IC_MIN_ROWS,
+        **({} if market.mover is None else {"movers": _movers(market, days)}),
+    }
+
+
+def _movers(market: _Market, days: np.ndarray) -> dict:
+    """The moving market's planted facts: which symbols rise into the liquid set or fall out of
+    it, when each crosses $50M, and the premium a riser earns before it crosses."""
+    assert market.mover is not None and market.cross is not None
+    idx = np.flatnonzero(market.mover)
+    return {
+        "risers": int((market.mover > 0).sum()),
+        "fallers": int((market.mover < 0).sum()),
+        "riser_premium_daily": _MOVER_PREMIUM,
+        "growth_shift": _MOVER_GROWTH,
+        "symbols": {
+            market.names[i]: {
+                "kind": "riser" if market.mover[i] > 0 else "faller",
+                "crosses": str(days[min(int(market.cross[i]), len(days) - 1)]),
+            }
+            for i in idx
+        },
     }
 
 

@@ -116,3 +116,39 @@ def trailing_liquid(
     start = np.maximum(start, 0)
     mean = (csum[end] - csum[start]) / window
     return enough & (mean >= threshold)
+
+
+def timeline(
+    days: np.ndarray, symbols: np.ndarray, masks: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The liquid set of each rule over time, and how the rules differ, per date.
+
+    Args:
+        days: (N,) int day number of each dataset row.
+        symbols: (N,) int symbol code of each row.
+        masks: rule name -> (N,) bool, the rows each rule keeps.
+
+    Returns:
+        `date` (n_dates,) datetime64[D] every date of the rows; per rule `<rule>_names` (how many
+        symbols the rule keeps that date) and `<rule>_turnover` (names that entered or left
+        since the date before, over twice the day before's count; 0 on the first date);
+        with two rules, `differ` (symbols kept by exactly one of them).
+    """
+    dates, d = np.unique(days, return_inverse=True)
+    _, s = np.unique(symbols, return_inverse=True)
+    out: dict[str, np.ndarray] = {"date": dates.astype("datetime64[D]")}
+    member = {}
+    for rule, mask in masks.items():
+        m = np.zeros((len(dates), int(s.max()) + 1 if len(s) else 0), dtype=bool)
+        m[d[mask], s[mask]] = True
+        member[rule] = m
+        n = m.sum(axis=1)
+        moved = np.zeros(len(dates))
+        if len(dates) > 1:
+            moved[1:] = (m[1:] ^ m[:-1]).sum(axis=1) / np.maximum(2 * n[:-1], 1)
+        out[f"{rule}_names"] = n
+        out[f"{rule}_turnover"] = moved
+    if len(member) == 2:
+        a, b = member.values()
+        out["differ"] = (a ^ b).sum(axis=1)
+    return out

@@ -172,7 +172,7 @@ def train(
     sp = specmod.with_precision_resolved(asked)
     source = data_source(sp, data)
     devices.setup(threads, 0)
-    ds = load_data(sp, source, baseline=False)
+    ds = load_data(sp, source, baseline=False, compare=False)
     log.info(_precision_line(asked, sp))
     log.info(f"training {sp.train.epochs} epochs on {len(ds.train):,} rows ({threads} thread(s))")
     result = fit(sp.model, sp.train, ds.train, ds.val, log=log.info)

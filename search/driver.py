@@ -41,7 +41,11 @@ def prepare(ds: Dataset) -> tuple[dict[str, Any], Dataset]:
     mb = sum(p.nbytes for p in (ds.train, ds.val, ds.test, ds.full_train) if p is not None) / 2**20
     log.info(f"object store: {mb:,.0f} MB of Panels put once in {time.time() - t0:.1f}s")
     train, val, test = ray.get([refs["train"], refs["val"], refs["test"]])
-    return refs, replace(ds, train=train, val=val, test=test, full_train=None)
+    by_rule = ds.test_by_rule
+    if by_rule is not None:  # the spec's rule's test split is `test`: the object store's copy
+        by_rule = {m: test if p is ds.test else p for m, p in by_rule.items()}
+    return refs, replace(ds, train=train, val=val, test=test, full_train=None,
+                         test_by_rule=by_rule)  # fmt: skip
 
 
 def run(

@@ -1,56 +1,83 @@
-"""The final model and the full-universe baseline: trained as Ray tasks, tested, saved.
+"""The final model, the base config and the full-universe baseline: trained as Ray tasks, each
+with `final.seeds` seeds side by side, tested, saved.
 
-The final model is the last stage's best config trained for `final.epochs`; the baseline is the
-same config trained on the full (not liquid) universe's training split. Both are scored on the
-liquid test set; their per-date series go to RUN_DIR/final/, the final model's checkpoint to
+- final: the last stage's best config trained for `final.epochs` on the liquid universe; the
+  final model is the ensemble of its seeds (the mean of their scores), saved as one checkpoint.
+- base: the spec's base config (where the search started), trained the same way: did the search
+  pay? The difference of the seeds' mean test metrics, with its standard error, says whether the
+  search beat its starting point by more than seed noise.
+- baseline: the final config trained on the full (not liquid) universe, also an ensemble, so
+  the liquid-vs-full comparison compares like with like.
+
+Every model is scored on the liquid test set; the final ensemble also on the test set as each
+universe rule picks it (the point-in-time rule is the honest one; the full-period rule, the
+notebook's, looks ahead). Per-date series go to RUN_DIR/final/, the checkpoint to
 RUN_DIR/final/model.pt, and every figure to summary.json.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, replace
+import math
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import ray
 
 from ranker import checkpoint
 from ranker import device as devices
 from ranker.backtest import backtest
 from ranker.data import Dataset
-from ranker.model import ModelConfig, MultiBranchRanker
+from ranker.model import Ensemble, ModelConfig
 from ranker.panel import Panel
 from ranker.train import TrainConfig, fit, score
 from search.rundir import Best, RunDir, Series
-from search.spec import SearchSpec
+from search.spec import REPLICATE_SEED_STRIDE, SearchSpec
 
 log = logging.getLogger("liquid_search")
+
+COMPARED = ("mean_ic", "ic_sharpe", "ls_sharpe")  # test metrics compared over seeds
+
+
+@dataclass
+class Trained:
+    """One model trained by a task: its weights, validation metrics and scores."""
+
+    state: dict[str, Any]
+    config: dict[str, Any]
+    val: dict[str, float]  # the restored best state's val metrics
+    best_epoch: int
+    history: list[dict[str, Any]]
+    test_scores: np.ndarray
+    seconds: float
+    device: str
+    log: list[str]
+    gpu: dict[str, Any] = field(default_factory=dict)
 
 
 @ray.remote
 def _train_task(
     mc: dict[str, Any], tc: dict[str, Any], train: Panel, val: Panel, test: Panel,
     threads: int, gpu: float,
-) -> dict[str, Any]:  # fmt: skip
-    """Train one model on the cluster (on the GPU it reserved, if any); weights and scores."""
+) -> Trained:  # fmt: skip
+    """Train one model on the cluster (on the GPU it reserved, if any)."""
     device = devices.setup(threads, gpu)
     lines: list[str] = []
     result = fit(ModelConfig.from_dict(mc), TrainConfig.from_dict(tc), train, val,
                  log=lines.append, device=device)  # fmt: skip
-    out = {
-        "state": {k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()},
-        "config": result.config.to_dict(),
-        "val": result.metrics,
-        "best_epoch": result.best_epoch,
-        "history": result.history,
-        "test_scores": score(result.model, test),
-        "val_scores": score(result.model, val),
-        "seconds": result.seconds,
-        "device": device,
-        "log": lines,
-    }
-    out |= devices.gpu_stats(device)
-    return out
+    return Trained(
+        state={k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()},
+        config=result.config.to_dict(), val=result.metrics, best_epoch=result.best_epoch,
+        history=result.history, test_scores=score(result.model, test), seconds=result.seconds,
+        device=device, log=lines, gpu=devices.gpu_stats(device),
+    )  # fmt: skip
+
+
+def seeds(spec: SearchSpec) -> list[int]:
+    """The training seeds of the final models: the spec's seed, then one stride apart (as a
+    stage's replicates), so the first seed's model is the single final model of one seed."""
+    return [spec.train.seed + REPLICATE_SEED_STRIDE * i for i in range(spec.final.seeds)]
 
 
 def run_final(
@@ -62,74 +89,211 @@ def run_final(
     ds: Dataset,
     bests: list[Best],
 ) -> dict[str, Any]:
-    """Train the final model (and the baseline beside it), test them, save; the summary."""
+    """Train the final models, the base config's and the baseline's, test them, save; the
+    summary."""
     tc = replace(train_cfg, epochs=spec.final.epochs)
-    res = {"num_cpus": spec.resources.cpu, "num_gpus": spec.resources.gpu}
-    args = (int(spec.resources.cpu), spec.resources.gpu)
-    log.info(
-        f"[final] training the final model for {tc.epochs} epochs as a Ray task"
-        + (" and the full-universe baseline beside it" if "full_train" in refs else "")
-    )
-    jobs = {"final": _train_task.options(**res).remote(
-        model_cfg.to_dict(), tc.to_dict(), refs["train"], refs["val"], refs["test"], *args)}  # fmt: skip
+    roles = {"final": (model_cfg, tc, "train")}
+    base = (spec.model, replace(spec.train, epochs=spec.final.epochs))
+    same_as_base = (base[0], base[1]) == (model_cfg, tc)
+    if spec.final.compare_base and not same_as_base:
+        roles["base"] = (*base, "train")
     if "full_train" in refs:
-        jobs["baseline"] = _train_task.options(**res).remote(
-            model_cfg.to_dict(), tc.to_dict(), refs["full_train"], refs["val"], refs["test"], *args
-        )
-    out = dict(zip(jobs, ray.get(list(jobs.values())), strict=True))
-    parts = {name: _evaluate(name, r, ds, tc.k, spec, run) for name, r in out.items()}
-    final = out["final"]
-    model = MultiBranchRanker.from_state(final["config"], final["state"])
+        roles["baseline"] = (model_cfg, tc, "full_train")
+    trained = _train_all(spec, roles, refs)
+    if spec.final.compare_base and same_as_base:
+        trained["base"] = trained["final"]  # the search selected its starting point
+    parts = {role: _evaluate(role, members, ds, tc.k, spec, run)
+             for role, members in trained.items()}  # fmt: skip
+    ensemble = Ensemble.from_states(trained["final"][0].config,
+                                    [m.state for m in trained["final"]])  # fmt: skip
     metrics = {"val": parts["final"]["val"], "test": parts["final"]["test"]}
-    checkpoint.save(run.model_path(), model, ds.columns, train_config=tc.to_dict(),
-                    universe=ds.universe.to_dict(), metrics=metrics)  # fmt: skip
+    checkpoint.save(run.model_path(), ensemble, ds.columns, train_config=tc.to_dict(),
+                    universe=ds.universe.to_dict(), metrics=metrics,
+                    extra={"seeds": seeds(spec)})  # fmt: skip
     keep = ("stage", "metric", "value", "replicate_std", "point", "model", "train", "trials",
             "errors", "wall_seconds")  # fmt: skip
     summary = {
         "run_dir": run.path,
         "metric": spec.train.metric,
         "stages": [{k: v for k, v in asdict(b).items() if k in keep} for b in bests],
-        "final": {"model": final["config"], "train": tc.to_dict(), **parts["final"]},
+        "final": {"model": trained["final"][0].config, "train": tc.to_dict(), **parts["final"]},
         "baseline": parts.get("baseline"),
+        "base_config": None,
+        "search_vs_base": None,
+        "universes": _universes(ensemble, ds, tc.k, spec, run),
         "checkpoint": run.model_path(),
         "data": ds.info,
         "costs_model": asdict(spec.costs),
     }
-    _say_results(parts, spec.train.metric)
+    if "base" in parts:
+        summary["base_config"] = {"model": base[0].to_dict(), "train": base[1].to_dict(),
+                                  **parts["base"], "same_as_final": same_as_base}  # fmt: skip
+        summary["search_vs_base"] = compare_seeds(parts["final"], parts["base"], same_as_base)
+    _say_results(summary, spec.train.metric)
     return summary
 
 
+def _train_all(
+    spec: SearchSpec,
+    roles: dict[str, tuple[ModelConfig, TrainConfig, str]],
+    refs: dict[str, Any],
+) -> dict[str, list[Trained]]:
+    """Every role's models, one Ray task per (role, seed), all side by side."""
+    res = {"num_cpus": spec.resources.cpu, "num_gpus": spec.resources.gpu}
+    args = (int(spec.resources.cpu), spec.resources.gpu)
+    log.info(
+        f"[final] training {len(roles)} model(s) x {spec.final.seeds} seed(s) for "
+        f"{spec.final.epochs} epochs as Ray tasks: {', '.join(roles)}"
+    )
+    jobs = {
+        (role, seed): _train_task.options(**res).remote(
+            mc.to_dict(), replace(tc, seed=seed).to_dict(), refs[train], refs["val"],
+            refs["test"], *args)
+        for role, (mc, tc, train) in roles.items() for seed in seeds(spec)
+    }  # fmt: skip
+    done = dict(zip(jobs, ray.get(list(jobs.values())), strict=True))
+    return {role: [done[(role, seed)] for seed in seeds(spec)] for role in roles}
+
+
 def _evaluate(
-    name: str, r: dict[str, Any], ds: Dataset, k: int, spec: SearchSpec, run: RunDir
+    role: str, members: list[Trained], ds: Dataset, k: int, spec: SearchSpec, run: RunDir
 ) -> dict[str, Any]:
-    """One trained model's part of the summary: its backtests on val and test (per-date
-    series written to the run), costs, the oracle's test metrics, training facts."""
-    for line in r["log"]:
-        log.info(f"[{name}]{line}")
-    bt = backtest(ds.test, r["test_scores"], k, spec.costs)
-    bv = backtest(ds.val, r["val_scores"], k, spec.costs)
-    run.write_final_series(name, "test", Series.from_daily(bt.daily, ds.test))
-    run.write_final_series(name, "val", Series.from_daily(bv.daily, ds.val))
-    part = {"val": r["val"], "test": bt.metrics, "costs": bt.costs, "best_epoch": r["best_epoch"],
-            "seconds": r["seconds"], "device": r["device"], "history": r["history"]}  # fmt: skip
-    for key in ("gpu", "gpu_peak_mb"):
-        if key in r:
-            part[key] = r[key]
+    """One role's part of the summary: its ensemble's backtests on val and test (per-date
+    series written to the run), costs, the oracle's test metrics, and each seed's own."""
+    for i, m in enumerate(members):
+        for line in m.log:
+            log.info(f"[{role} {i}]{line}")
+    ensemble = Ensemble.from_states(members[0].config, [m.state for m in members])
+    bt = backtest(ds.test, score(ensemble, ds.test), k, spec.costs)
+    bv = backtest(ds.val, score(ensemble, ds.val), k, spec.costs)
+    if role != "base":  # the base config is summarized; only the models in use get series
+        run.write_final_series(role, "test", Series.from_daily(bt.daily, ds.test))
+        run.write_final_series(role, "val", Series.from_daily(bv.daily, ds.val))
+    per_seed = [{"seed": int(m_seed), "val": m.val,
+                 "test": backtest(ds.test, m.test_scores, k).metrics,
+                 "best_epoch": m.best_epoch, "seconds": m.seconds}
+                for m, m_seed in zip(members, seeds(spec), strict=True)]  # fmt: skip
+    part = {
+        "val": bv.metrics, "test": bt.metrics, "costs": bt.costs, "seeds": per_seed,
+        "seed_spread": {key: _mean_std([s["test"][key] for s in per_seed]) for key in COMPARED},
+        "best_epoch": members[0].best_epoch, "seconds": sum(m.seconds for m in members),
+        "device": members[0].device, "history": members[0].history, **members[0].gpu,
+    }  # fmt: skip
     if bt.oracle is not None:
         part["oracle_test"] = bt.oracle
     return part
 
 
-def _say_results(parts: dict[str, dict[str, Any]], m: str) -> None:
-    f = parts["final"]
-    log.info(
-        f"[final] val {m} {f['val'][m]:.2f} | test IC sharpe {f['test']['ic_sharpe']:.2f} "
-        f"mean IC {f['test']['mean_ic']:+.4f} L/S sharpe {f['test']['ls_sharpe']:.2f} "
-        f"(net {f['costs']['ls_net_sharpe']:.2f}) on {f['device']}"
+def _mean_std(values: list[float]) -> dict[str, float]:
+    """mean and sample std (ddof=1; NaN for one value) of per-seed metrics."""
+    x = np.asarray(values, dtype=np.float64)
+    return {"mean": float(x.mean()), "std": float(x.std(ddof=1)) if len(x) > 1 else math.nan,
+            "n": len(x)}  # fmt: skip
+
+
+def compare_seeds(
+    final: dict[str, Any], base: dict[str, Any], same: bool = False
+) -> dict[str, Any]:
+    """Did the search pay? Per compared test metric, the difference of the seeds' means (final
+    minus base) and its standard error (Welch: sqrt(s1²/n1 + s2²/n2)); and one sentence on
+    whether the mean IC difference is larger than the seed noise (more than two standard
+    errors)."""
+    out: dict[str, Any] = {}
+    for key in COMPARED:
+        a, b = final["seed_spread"][key], base["seed_spread"][key]
+        se = math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])
+        out[key] = {"final": a["mean"], "base": b["mean"], "diff": a["mean"] - b["mean"], "se": se}
+    d, se, n = out["mean_ic"]["diff"], out["mean_ic"]["se"], final["seed_spread"]["mean_ic"]["n"]
+    if same:
+        verdict = "the search selected its own starting point, so there is nothing to compare"
+    elif n < 2 or not math.isfinite(se):
+        verdict = "one seed each gives no noise to compare it with (set final.seeds >= 2)"
+    elif abs(d) > 2 * se:
+        word = "beat" if d > 0 else "did worse than"
+        verdict = f"the search {word} its starting point by more than the seed noise ({abs(d) / se:.1f} standard errors)"
+    else:
+        verdict = f"the difference is within the seed noise ({abs(d) / se if se else 0:.1f} standard errors)"
+    out["sentence"] = (
+        f"Test mean IC over {n} seed(s): searched config {out['mean_ic']['final']:+.4f}, base "
+        f"config {out['mean_ic']['base']:+.4f}, difference {d:+.4f} ± {se:.4f} (standard error): "
+        f"{verdict}."
     )
-    if "baseline" in parts:
-        b = parts["baseline"]["test"]
+    return out
+
+
+def _universes(
+    ensemble: Ensemble, ds: Dataset, k: int, spec: SearchSpec, run: RunDir
+) -> dict[str, Any] | None:
+    """The final model on the test set as each universe rule picks it, what the rules keep over
+    time, and one sentence: the point-in-time rule's numbers are the honest ones; the
+    full-period rule's gap above them is lookahead."""
+    if ds.test_by_rule is None or ds.universe_timeline is None:
+        return None
+    t = ds.universe_timeline
+    run.write_universe_timeline(t)
+    test_days = t["date"] >= ds.test.dates[0]
+    by_rule = {}
+    for rule, panel in ds.test_by_rule.items():
+        bt = backtest(panel, score(ensemble, panel), k, spec.costs)
+        if rule != spec.universe.mode:
+            run.write_final_series("final", f"test_{rule}", Series.from_daily(bt.daily, panel))
+        by_rule[rule] = {
+            "test": bt.metrics, "oracle_test": bt.oracle, "test_rows": len(panel),
+            "names_per_test_day": float(t[f"{rule}_names"][test_days].mean()),
+            "turnover_per_day": float(t[f"{rule}_turnover"][1:].mean()) if len(t["date"]) > 1 else 0.0,
+        }  # fmt: skip
+    differ = t.get("differ", np.zeros(len(t["date"])))
+    out = {
+        "rule": spec.universe.mode, "window": spec.universe.window, "by_rule": by_rule,
+        "test_dates_differ": float((differ[test_days] > 0).mean()),
+        "names_differ_per_test_day": float(differ[test_days].mean()),
+        "dates_differ": float((differ > 0).mean()),
+    }  # fmt: skip
+    out["sentence"] = _universe_sentence(out)
+    return out
+
+
+def _universe_sentence(u: dict[str, Any]) -> str:
+    """What the two universe rules say about the final model on the test set, in one sentence."""
+    full, trail = u["by_rule"].get("full_period"), u["by_rule"].get("trailing")
+    if full is None or trail is None:
+        return ""
+    if u["names_differ_per_test_day"] == 0:
+        return (
+            "The point-in-time and the full-period universe keep the same names on every test "
+            f"date: no lookahead gap (test IC Sharpe {trail['test']['ic_sharpe']:.2f})."
+        )
+    f, p = full["test"], trail["test"]
+    return (
+        f"Point-in-time universe (trailing {u['window']} days, tradeable on the day): test IC "
+        f"Sharpe {p['ic_sharpe']:.2f}, mean IC {p['mean_ic']:+.4f}; the full-period rule (the "
+        f"notebook's, which looks ahead) would claim {f['ic_sharpe']:.2f} and "
+        f"{f['mean_ic']:+.4f}, a gap of {f['ic_sharpe'] - p['ic_sharpe']:+.2f} IC Sharpe. It "
+        f"comes from the {u['names_differ_per_test_day']:.0f} names a test day that only one "
+        f"rule keeps ({u['test_dates_differ']:.0%} of test dates differ): names liquid over the "
+        f"whole file but not in their last {u['window']} days, or the reverse; on those dates "
+        f"nobody could have known the full-period set."
+    )
+
+
+def _say_results(summary: dict[str, Any], m: str) -> None:
+    f = summary["final"]
+    n = len(f["seeds"])
+    log.info(
+        f"[final] ensemble of {n} seed(s): val {m} {f['val'][m]:.2f} | test IC sharpe "
+        f"{f['test']['ic_sharpe']:.2f} mean IC {f['test']['mean_ic']:+.4f} L/S sharpe "
+        f"{f['test']['ls_sharpe']:.2f} (net {f['costs']['ls_net_sharpe']:.2f}) on {f['device']}"
+    )
+    s = f["seed_spread"]["ic_sharpe"]
+    if n > 1:
+        log.info(f"[final] single seeds: test IC sharpe {s['mean']:.2f} ± {s['std']:.2f}")
+    if summary.get("baseline"):
+        b = summary["baseline"]["test"]
         log.info(
             f"[baseline] full-universe model on the liquid test set: IC sharpe "
             f"{b['ic_sharpe']:.2f} mean IC {b['mean_ic']:+.4f} L/S sharpe {b['ls_sharpe']:.2f}"
         )
+    if summary.get("search_vs_base"):
+        log.info(f"[search vs base] {summary['search_vs_base']['sentence']}")
+    if summary.get("universes"):
+        log.info(f"[universes] {summary['universes']['sentence']}")

@@ -43,6 +43,7 @@ RESULTS_FILE = "results.csv"
 BEST_FILE = "best.json"
 FINAL_DIR = "final"
 MODEL_FILE = "model.pt"
+UNIVERSES_FILE = "universes_daily.npz"  # each universe rule's liquid set over time
 SUMMARY_FILE = "summary.json"
 ANALYSIS_FILE = "analysis.json"
 REPORT_MD = "report.md"
@@ -536,6 +537,23 @@ class RunDir:
     def read_final_series(self, model: str, split: str) -> Series | None:
         path = self._series_path(model, split)
         return Series.from_bytes(storage.read_bytes(path)) if storage.exists(path) else None
+
+    def write_universe_timeline(self, timeline: dict[str, np.ndarray]) -> None:
+        """`ranker.universe.timeline`'s arrays (dates as days since 1970)."""
+        arrays = dict(timeline)
+        arrays["date"] = arrays["date"].astype("datetime64[D]").astype(np.int64)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        storage.write_bytes(self.file(FINAL_DIR, UNIVERSES_FILE), buf.getvalue())
+
+    def read_universe_timeline(self) -> dict[str, np.ndarray] | None:
+        path = self.file(FINAL_DIR, UNIVERSES_FILE)
+        if not storage.exists(path):
+            return None
+        with np.load(io.BytesIO(storage.read_bytes(path))) as z:
+            out = {k: z[k] for k in z.files}
+        out["date"] = out["date"].astype("datetime64[D]")
+        return out
 
     # -- summary, analysis, report
 

@@ -27,25 +27,32 @@ def data_source(spec: SearchSpec, override: str | None = None) -> str:
         tag += f"-sym{s.n_symbols}"
     if s.n_dates:
         tag += f"-dates{s.n_dates}"
+    if s.liquidity != "static":
+        tag += f"-{s.liquidity}"
     path = os.path.join(os.path.expanduser(spec.data.cache_dir), tag)
     if not os.path.exists(os.path.join(path, synth.SUMMARY_FILE)):
         log.info(f"generating the synthetic market into {path} (once; cached for later runs)")
         # The cache is ours: a half-written market left by an interrupted generation is replaced.
         synth.generate(path, scale=s.scale, seed=s.seed, signal=s.signal, n_symbols=s.n_symbols,
-                       n_dates=s.n_dates, log=log.info, force=True)  # fmt: skip
+                       n_dates=s.n_dates, log=log.info, force=True,
+                       liquidity=s.liquidity)  # fmt: skip
     return path
 
 
-def load_data(spec: SearchSpec, source: str, *, baseline: bool | None = None) -> Dataset:
+def load_data(
+    spec: SearchSpec, source: str, *, baseline: bool | None = None, compare: bool = True
+) -> Dataset:
     """Load and check the run's data (before Ray starts: bad input ends here, writing nothing).
 
     Args:
         baseline: also build the full universe's training split (default: the spec's
             final.baseline).
+        compare: also build the test split under every universe rule, and the rules' liquid
+            sets over time, to report what each rule claims.
 
     Raises:
         DataError: the data is missing or bad (the message names the file, column and fix).
     """
     full = spec.final.baseline if baseline is None else baseline
     return load(source, spec.universe, spec.split, full_universe=full, log=log.info,
-                bf16=spec.train.precision == "bf16")  # fmt: skip
+                bf16=spec.train.precision == "bf16", compare_universes=compare)  # fmt: skip

@@ -46,9 +46,11 @@ class SynthSpec:
     signal: float = 1.0
     n_dates: int | None = None
     n_symbols: int | None = None
+    liquidity: str = "static"  # static | moving: symbols whose liquidity changes (ranker.synth)
 
     def __post_init__(self) -> None:
-        problems = synth_params(self.scale, self.seed, self.n_symbols, self.n_dates, self.signal)
+        problems = synth_params(self.scale, self.seed, self.n_symbols, self.n_dates, self.signal,
+                                liquidity=self.liquidity)  # fmt: skip
         if problems:
             raise ConfigError([f"data.synth.{p}" for p in problems])
 
@@ -108,11 +110,19 @@ class StageSpec:
 class FinalSpec:
     epochs: int = 25
     baseline: bool = True  # also train on the full (not liquid) universe, for comparison
+    # The final model is the ensemble of this many seeds (the mean of their scores); the base
+    # config and the baseline are trained with as many, so every comparison is like with like.
+    seeds: int = 3
+    compare_base: bool = True  # also train the spec's base config: did the search pay?
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.epochs, int) and not isinstance(self.epochs, bool)
-                and self.epochs >= 1):  # fmt: skip
-            raise ConfigError([f"final.epochs={self.epochs!r}: must be a positive integer"])
+        errors = []
+        for name in ("epochs", "seeds"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+                errors.append(f"final.{name}={v!r}: must be a positive integer")
+        if errors:
+            raise ConfigError(errors)
 
 
 @dataclass(frozen=True)

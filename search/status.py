@@ -151,9 +151,15 @@ def render(run: Run) -> str:
         out.append("\n[final] not done")
         return "\n".join(out)
     f = s["final"]
-    out.append("\n[final] " + "  ".join(
+    n = len(f.get("seeds", [])) or 1
+    out.append(f"\n[final] ensemble of {n} seed(s): " + "  ".join(
         f"{k} val {fmt(f['val'][k], k)} test {fmt(f['test'][k], k)}"
         for k in ("ic_sharpe", "mean_ic", "ls_sharpe")) + f"  (on {f.get('device', 'cpu')})")  # fmt: skip
+    if n > 1:
+        sp = f["seed_spread"]
+        out.append("        single seeds, test: " + "  ".join(
+            f"{k} {fmt(sp[k]['mean'], k)} ± {fmt(sp[k]['std'], k).lstrip('+')}"
+            for k in ("ic_sharpe", "mean_ic")))  # fmt: skip
     c = f.get("costs", {})
     if c:
         out.append(f"        L/S net sharpe (flat costs) {fmt(c.get('ls_net_sharpe'))}")
@@ -163,6 +169,10 @@ def render(run: Run) -> str:
             f"[baseline: full universe] test ic_sharpe {fmt(b['ic_sharpe'])} mean_ic "
             f"{fmt(b['mean_ic'], 'mean_ic')} ls_sharpe {fmt(b['ls_sharpe'])}"
         )
+    if s.get("search_vs_base"):
+        out.append(f"[search vs base] {s['search_vs_base']['sentence']}")
+    if s.get("universes"):
+        out.append(f"[universes] {s['universes']['sentence']}")
     if overfit.get("final"):
         out.append("        " + overfit["final"])
     out.append(f"checkpoint {s['checkpoint']}")

@@ -13,7 +13,7 @@ PACKAGES = ("ranker", "search")
 # Every file name of a run directory; only the module that owns them may write them out.
 RUN_FILES = ("spec.yaml", "run.json", "stages.json", "results.csv", "best.json", "model.pt",
              "summary.json", "analysis.json", "report.md", "report.html", "state.pt",
-             "daily.npz", "point.json", "_daily.npz")  # fmt: skip
+             "daily.npz", "point.json", "_daily.npz", "universes_daily.npz")  # fmt: skip
 
 
 def _modules() -> dict[str, Path]:

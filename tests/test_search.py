@@ -14,7 +14,10 @@ import pytest
 import torch
 
 from ranker import checkpoint
+from ranker.backtest import backtest
+from ranker.train import score
 from search.rundir import POINT_FILE, RunDir
+from search.source import load_data
 from tests import faults
 from tests.conftest import FAULTS, SMOKE, Lines, run_search, smoke_spec
 
@@ -43,10 +46,21 @@ def test_full_run_writes_every_artifact(smoke_run: Path):
     assert s["final"]["train"]["epochs"] == 2  # the spec's final.epochs
     assert set(s["baseline"]["test"]) >= {"ic_sharpe", "mean_ic", "ls_sharpe"}
     assert "ls_net_sharpe" in s["final"]["costs"] and "to_ls_net_sharpe" in s["final"]["costs"]
-    # The checkpoint is the final model and reproduces its test metrics.
+    # The final model is the ensemble of final.seeds seeds (3 by default); the base config and
+    # the baseline were trained with as many; the test set under each universe rule.
+    assert [x["seed"] for x in s["final"]["seeds"]] == [0, 1000, 2000]
+    assert len(s["baseline"]["seeds"]) == 3 and len(s["base_config"]["seeds"]) == 3
+    assert set(s["search_vs_base"]) >= {"mean_ic", "ic_sharpe", "sentence"}
+    assert set(s["universes"]["by_rule"]) == {"full_period", "trailing"}
+    assert s["universes"]["names_differ_per_test_day"] == 0, "a static market: the rules agree"
+    # The checkpoint is the final model and reproduces its test metrics, scored again.
     ranker = checkpoint.load(s["checkpoint"])
     assert ranker.metrics["test"] == pytest.approx(s["final"]["test"], nan_ok=True)
     assert ranker.model.config.to_dict() == s["final"]["model"]
+    assert len(ranker.model.members) == 3
+    test = load_data(run.spec, run.info.source, compare=False).test
+    rescored = backtest(test, score(ranker.model, test), run.spec.train.k).metrics
+    assert rescored == pytest.approx(s["final"]["test"], abs=1e-12, nan_ok=True)
     raw = torch.load(s["checkpoint"], weights_only=True)
     assert raw["universe"]["threshold"] == 50e6
     # Strict JSON everywhere (NaN is written as null).

@@ -16,8 +16,10 @@ from search.report.sections import (
     final_section,
     header_section,
     overfitting_section,
+    search_vs_base_section,
     stage_section,
 )
+from search.report.universes import universe_section
 from search.rundir import Run
 
 __all__ = ["write_report"]
@@ -53,7 +55,13 @@ def write_report(run: Run) -> tuple[str, str]:
             f"{fmt(f['test'].get(m), m)}, test mean IC {fmt(f['test'].get('mean_ic'), 'mean_ic')}, "
             f"test L/S Sharpe {fmt(f['test'].get('ls_sharpe'))} (net of flat costs "
             f"{fmt(costs.get('ls_net_sharpe'))}, turnover-aware "
-            f"{fmt(costs.get('to_ls_net_sharpe'))})."
+            f"{fmt(costs.get('to_ls_net_sharpe'))}); an ensemble of {len(f.get('seeds', [])) or 1} "
+            f"seed(s)."
+            + "".join(
+                f" {summary[k]['sentence']}"
+                for k in ("search_vs_base", "universes")
+                if summary.get(k)
+            )
         )
     overfitting_section(doc, analysis)
     by_name = {s["stage"]: s for s in analysis["stages"]}
@@ -72,6 +80,8 @@ def write_report(run: Run) -> tuple[str, str]:
                    "test mean_ic", "test ls_sharpe"], table)  # fmt: skip
     if summary is not None:
         final_section(doc, run, summary)
+        search_vs_base_section(doc, summary)
+        universe_section(doc, run, summary)
 
     title = f"liquid-search report: {run.path.rstrip('/').rsplit('/', 1)[-1]}"
     return run.dir.write_report(doc.markdown(), doc.html(title), doc.images)

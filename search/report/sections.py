@@ -148,3 +148,30 @@ def final_section(doc: Doc, run: Run, summary: dict[str, Any]) -> None:
                  *(fmt(parts[c].get("val", {}).get(spec.train.metric), spec.train.metric) for c in cols),
                  *(["-"] if oracle else [])])  # fmt: skip
     doc.table(["metric", *cols, *(["oracle"] if oracle else [])], rows)
+
+
+def search_vs_base_section(doc: Doc, summary: dict[str, Any]) -> None:
+    """Did the search pay? The searched config and the spec's base config, each over the same
+    seeds (nothing when the run did not train the base config)."""
+    cmp_, base = summary.get("search_vs_base"), summary.get("base_config")
+    if not cmp_ or not base:
+        return
+    final = summary["final"]
+    doc.heading(3, "Did the search pay?")
+    doc.para(
+        "The searched config and the spec's base config (where stage 1 started), each trained "
+        f"for the final epochs with the same {len(final['seeds'])} seed(s), on the test set: "
+        "mean ± standard deviation over the seeds, and the ensemble of the seeds (the mean of "
+        "their scores, which the final model is). " + cmp_["sentence"]
+    )
+    rows = []
+    for key in ("mean_ic", "ic_sharpe", "ls_sharpe"):
+        c = cmp_[key]
+        rows.append([
+            key, pm(final["seed_spread"][key]["mean"], final["seed_spread"][key]["std"], True, key),
+            pm(base["seed_spread"][key]["mean"], base["seed_spread"][key]["std"], True, key),
+            f"{fmt(c['diff'], key)} ± {fmt(c['se'], key).lstrip('+')}",
+            fmt(final["test"][key], key), fmt(base["test"][key], key),
+        ])  # fmt: skip
+    doc.table(["test metric", "searched, seeds", "base, seeds", "difference ± s.e.",
+               "searched, ensemble", "base, ensemble"], rows)  # fmt: skip
