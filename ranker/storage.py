@@ -200,7 +200,7 @@ def _check_uri_dir(uri: str, create: bool, what: str) -> None:
         raise StorageError(f"{uri}: {_first_line(e)}. Fix: check the URI's scheme.") from None
     # An object store's first path part is its bucket (file:// and others have none).
     bucket = p.split("/", 1)[0] if fs.type_name in ("s3", "gcs") else ""
-    infos = _answer(lambda: (fs.get_file_info(bucket or p), fs.get_file_info(p)), uri)
+    infos = answer(lambda: (fs.get_file_info(bucket or p), fs.get_file_info(p)), uri)
     if bucket and infos[0].type == pafs.FileType.NotFound:
         raise StorageError(
             f"{uri}: the bucket {bucket!r} does not exist (or these credentials cannot see it). "
@@ -212,12 +212,41 @@ def _check_uri_dir(uri: str, create: bool, what: str) -> None:
         raise StorageError(f"{uri} does not exist. Fix: check the URI of the {what}.")
 
 
-def _answer(call: Callable[[], Any], uri: str) -> Any:
-    """`call()` on a thread, waiting at most PROBE_SECONDS: an unreachable endpoint can keep
-    an object-store client retrying for minutes.
+class Unanswered(StorageError):
+    """A remote service did not answer as asked: `kind` is "timeout", "denied", "down" or
+    "other", `detail` the first line of what it said."""
+
+    def __init__(self, message: str, kind: str, detail: str) -> None:
+        super().__init__(message)
+        self.kind, self.detail = kind, detail
+
+
+# What to check, by kind of failure, for an object store.
+_STORE_FIX = {
+    "timeout": "check the endpoint (AWS_ENDPOINT_URL, or ?endpoint_override= on the URI) and "
+               "the network",
+    "down": "check the endpoint (AWS_ENDPOINT_URL, or ?endpoint_override= on the URI) and the "
+            "network",
+    "denied": "check the credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
+              "the instance role or service account)",
+    "other": "check the URI and the credentials",
+}  # fmt: skip
+_WHAT = {"timeout": "no answer within {s:g} s", "down": "the endpoint does not answer",
+         "denied": "access denied", "other": "cannot be reached"}  # fmt: skip
+
+
+def answer(
+    call: Callable[[], Any], uri: str, seconds: float = PROBE_SECONDS,
+    fixes: dict[str, str] | None = None,
+) -> Any:  # fmt: skip
+    """`call()` on a thread, waiting at most `seconds`: an unreachable endpoint can keep a
+    client (an object store's, a tracking server's) retrying for minutes.
+
+    Args:
+        fixes: what to check, by kind of failure (default: an object store's).
 
     Raises:
-        StorageError: no answer in time, or the store refused (credentials, network).
+        Unanswered: no answer in time, or a refusal (credentials, network), in one line.
     """
     out: dict[str, Any] = {}
 
@@ -229,34 +258,29 @@ def _answer(call: Callable[[], Any], uri: str) -> Any:
 
     t = threading.Thread(target=run, daemon=True)
     t.start()
-    t.join(PROBE_SECONDS)
+    t.join(seconds)
     if t.is_alive():
-        raise StorageError(
-            f"{uri}: no answer within {PROBE_SECONDS:g} s. Fix: check the endpoint "
-            f"(AWS_ENDPOINT_URL, or ?endpoint_override= on the URI) and the network."
-        )
-    if "error" in out:
-        raise StorageError(f"{uri}: {_explain(out['error'])}") from None
-    return out["value"]
+        kind, detail = "timeout", ""
+    elif "error" in out:
+        kind, detail = _kind(out["error"]), _first_line(out["error"])
+    else:
+        return out["value"]
+    what = _WHAT[kind].format(s=seconds) + (f" ({detail})" if detail else "")
+    fix = (fixes or _STORE_FIX)[kind]
+    raise Unanswered(f"{uri}: {what}. Fix: {fix}.", kind, detail)
 
 
-def _explain(e: BaseException) -> str:
-    """An object store's error as the problem and what to check."""
-    text = str(e)
-    low = text.lower()
+def _kind(e: BaseException) -> str:
+    """An error from a remote service, by kind: denied, down or other."""
+    low = str(e).lower()
     if any(k in low for k in ("access_denied", "accessdenied", "forbidden", "invalidaccesskeyid",
-                              "signaturedoesnotmatch", "credential", "403")):  # fmt: skip
-        return (
-            f"access denied ({_first_line(e)}). Fix: check the credentials (AWS_ACCESS_KEY_ID "
-            f"and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, the instance role or service account)."
-        )
+                              "signaturedoesnotmatch", "credential", "403", "401")):  # fmt: skip
+        return "denied"
     if any(k in low for k in ("network_connection", "couldn't connect", "curlcode",
-                              "connection refused", "timed out", "timeout", "resolve")):  # fmt: skip
-        return (
-            f"the endpoint does not answer ({_first_line(e)}). Fix: check the endpoint "
-            f"(AWS_ENDPOINT_URL, or ?endpoint_override= on the URI) and the network."
-        )
-    return f"cannot be reached ({_first_line(e)}). Fix: check the URI and the credentials."
+                              "connection refused", "timed out", "timeout", "resolve",
+                              "max retries")):  # fmt: skip
+        return "down"
+    return "other"
 
 
 def _first_line(e: BaseException) -> str:

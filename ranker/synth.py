@@ -49,6 +49,27 @@ With `signal=1` the mean daily Spearman IC of mu against the realised return is 
 news rows and ≈0.06 on illiquid ones (the exact values are in `synth.json`); `signal` scales mu
 (≈0.17 on liquid news rows at `signal=4`).
 
+A market whose liquidity moves (`liquidity="moving"`)
+-----------------------------------------------------
+The static market above keeps every symbol's liquidity constant, so the notebook's full-period
+$50M rule and the point-in-time rule (the trailing 60 days) keep the same names. The moving
+market adds movers, half of the liquid class, drawn from a stream of their own (everything else
+is the static market's, byte for byte, and the static market does not change):
+
+- risers start below $50M and grow (log dollar volume +2.5..4 over the period), crossing the
+  threshold between 5% and 60% of the way through: their whole-period mean clears $50M, so the
+  full-period rule keeps them from the start, the point-in-time rule only once they have grown;
+- fallers do the reverse, crossing between 35% and 85% of the way: the full-period rule keeps
+  them after they have dropped out.
+
+The planted relation that makes looking ahead pay: a riser earns `signal · 0.0015` a day of extra
+expected log return until it crosses ("growing companies earn more before they are big"), and a
+faller loses as much after it has crossed; both show it in their stored growth numbers (revenue
+and earnings growth latents shifted by ±1.5 while it lasts), and the oracle includes it. A model
+fitted on the full-period universe learns it and, tested on that universe, is scored partly on
+names no one could have known were in it: the full-period test metrics exceed the point-in-time
+ones. `synth.json` names every mover, its kind and the date it crosses (`summary.movers`).
+
 Determinism: all randomness comes from `np.random.default_rng([seed, stream, t])` streams (static
 market properties, and one stream per simulated day), so a seed fixes every byte of the output.
 The output is streamed in chunks of dates through `pyarrow.parquet.ParquetWriter` (one row group

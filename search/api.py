@@ -4,8 +4,10 @@ Every `liquid-search` command is a thin layer over a function here, so there is 
 each thing, with the same checks:
 
     from search import api
-    run = api.run("configs/smoke.yaml", overrides=["train.epochs=2"])  # blocks; returns a view
+    run = api.run("configs/smoke.yaml", overrides=["train.epochs=2"])  # blocks; a RunView
     run = api.open_run("runs/run-20261203-101500")  # any run directory, local or s3://
+    run.trials("architecture")  # a DataFrame, also while the stage runs
+    run.model().score(frame)  # the final model
 
 Every input is checked before anything starts or is written (the spec with every grid point,
 the flags, the storage, the data and, for a run that exists, that the data is the run's own);
@@ -27,8 +29,9 @@ from ranker.data import DataError
 from ranker.synth import SynthError
 from search import spec as specmod
 from search.errors import Interrupted, RunDirError, SearchError, SpecError
-from search.rundir import SPEC_FILE, Run, RunDir
+from search.rundir import SPEC_FILE, RunDir
 from search.spec import SearchSpec
+from search.view import RunView
 
 log = logging.getLogger("liquid_search")
 
@@ -230,7 +233,8 @@ def run(
     address: str | None = None,
     verbose: bool = False,
     on_start: Started | None = None,
-) -> Run:
+    mlflow: str | None = None,
+) -> RunView:
     """Run the staged search, the final model and the test set in a new run directory.
 
     Args:
@@ -244,9 +248,11 @@ def run(
             local one).
         verbose: keep Ray's and Tune's own INFO lines.
         on_start: called with the run directory once Ray is up, just before the search starts.
+        mlflow: an MLflow tracking URI (the spec's `tracking.mlflow`): one MLflow run per trial,
+            nested under one for the search.
 
     Returns:
-        The run, loaded (`rundir.Run`), complete.
+        The run, complete (`search.view.RunView`: its tables, figures and final model).
 
     Raises:
         one of USER_ERRORS: a bad input (before anything is written), or a stage where no trial
@@ -256,6 +262,8 @@ def run(
     from search.source import data_source
 
     flags = {"name": ("--name", name), "storage": ("--storage", storage_path)}
+    if mlflow is not None:
+        overrides = [*overrides, f"tracking.mlflow={mlflow}"]
     asked = load_spec(config, overrides, flags=flags, problems=_data_problem(data))
     sp = specmod.with_precision_resolved(asked)
     root = run_storage(sp.storage)
@@ -282,7 +290,7 @@ def resume(
     address: str | None = None,
     verbose: bool = False,
     on_start: Started | None = None,
-) -> Run:
+) -> RunView:
     """Continue an interrupted, killed or failed run where it stopped.
 
     Args:
@@ -304,7 +312,7 @@ def resume(
         sp = _resumed_spec(old, overrides, problems, rd.file(SPEC_FILE))
     if rd.is_complete():
         log.info(f"{rd.path} is complete: nothing to resume (`liquid-search status` shows it)")
-        return rd.load()
+        return RunView(rd)
     info = rd.read_info()
     source = data or (info.source if info else None) or data_source(sp)
     return _execute(rd, sp, source, address, verbose, on_start,
@@ -334,7 +342,7 @@ def rerun_stage(
     address: str | None = None,
     verbose: bool = False,
     on_start: Started | None = None,
-) -> Run:
+) -> RunView:
     """Rerun one stage from the saved best of the stage before it, in a new attempt directory
     (`<stage>.v2`, earlier attempts kept); with `cont`, the later stages and the final model too.
 
@@ -376,12 +384,13 @@ def _execute(
     new_spec: SearchSpec | None = None,
     precision: str | None = None,
     **kw: Any,
-) -> Run:
+) -> RunView:
     """Load and check the data (before Ray: bad input writes nothing), connect, check the
     cluster, then run; record how the driver stopped in run.json."""
-    from search import connect, driver
+    from search import connect, driver, tracking
     from search.source import load_data
 
+    tracking.check(sp)
     ds = load_data(sp, source)
     info = rd.read_info()
     if info is not None:
@@ -408,7 +417,7 @@ def _execute(
         raise
     finally:
         rd.mark_ended(outcome)
-    return rd.load()
+    return RunView(rd)
 
 
 # ---------------------------------------------------------------- reading a run
@@ -445,10 +454,11 @@ def report(run_dir: str, *, data: str | None = None, test: bool = True) -> tuple
     return write_report(loaded)
 
 
-def open_run(run_dir: str) -> Run:
-    """A run directory (a local path or s3:// / gs:// URI), finished or in flight, read once.
+def open_run(run_dir: str) -> RunView:
+    """A run directory (a local path or s3:// / gs:// URI), finished or in flight, read once:
+    its trials, selections and final results as DataFrames, its figures, its final model.
 
     Raises:
         RunDirError, StorageError: not a run directory, or unreachable.
     """
-    return RunDir(run_dir).load()
+    return RunView(run_dir)

@@ -46,7 +46,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _quiet_tune(args.verbose)
     run = api.run(args.config, data=args.data, overrides=args.overrides,
                   storage_path=args.storage, name=args.name, address=args.address,
-                  verbose=args.verbose, on_start=args.stop.started)  # fmt: skip
+                  verbose=args.verbose, on_start=args.stop.started,
+                  mlflow=args.mlflow)  # fmt: skip
     print(run.path)
     return 0
 
@@ -151,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--storage", help="where runs go: a path (shared on multi-node) or s3:// / gs://"
     )
     r.add_argument("--name", help="run name under the storage (default: run-<timestamp>)")
+    r.add_argument("--mlflow", help="MLflow tracking URI: a run per trial, nested under one")
     r.add_argument("overrides", nargs="*", help="dotted key=value, e.g. resources.gpu=0.25")
     r.set_defaults(fn=cmd_run)
 

@@ -18,11 +18,13 @@ from ranker.data import Dataset
 from ranker.model import ModelConfig
 from ranker.train import TrainConfig
 from search.analysis import analyze
+from search.errors import Interrupted
 from search.final import run_final
 from search.report import write_report
 from search.rundir import Best, RunDir, RunInfo
 from search.spec import SearchSpec
 from search.stages import run_stage
+from search.tracking import Tracker
 
 log = logging.getLogger("liquid_search")
 
@@ -72,10 +74,40 @@ def run(
     rerun_set = set(rerun or [])
     if not run_dir.is_run():
         run_dir.write_spec(spec)
+    previous = run_dir.read_info()
+    tracker = Tracker.start(spec, run_dir, previous.mlflow_run if previous else None)
     refs, ds = prepare(ds)
     run_dir.write_info(RunInfo(source=source, data=ds.info, columns=ds.columns.to_dict(),
-                               precision=spec.train.precision))  # fmt: skip
+                               precision=spec.train.precision,
+                               mlflow_run=tracker.run_id if tracker else None))  # fmt: skip
+    try:
+        summary = _search(spec, run_dir, ds, refs, rerun_set, stop_after, tracker)
+    except (Interrupted, KeyboardInterrupt):
+        if tracker is not None:
+            tracker.end("KILLED")  # a resume reopens it
+        raise
+    except BaseException:
+        if tracker is not None:
+            tracker.end("FAILED")
+        raise
+    if tracker is not None:
+        if summary is not None:
+            tracker.log_final(summary, run_dir)
+        tracker.end("FINISHED")
+    return summary
 
+
+def _search(
+    spec: SearchSpec,
+    run_dir: RunDir,
+    ds: Dataset,
+    refs: dict[str, Any],
+    rerun_set: set[str],
+    stop_after: str | None,
+    tracker: Tracker | None,
+) -> dict[str, Any] | None:
+    """The stages in order, each from the best of the one before, then the final models, the
+    analysis and the report; the summary (None when stopped after a stage)."""
     base_model, base_train = spec.model, spec.train
     bests: list[Best] = []
     for st in spec.stages:
@@ -87,7 +119,9 @@ def run(
             best = run_dir.read_best(st.name)
         if best is None:
             data = {"train": refs["train"], "val": refs["val"]}
-            best = run_stage(spec, st, run_dir, base_model, base_train, data)
+            best = run_stage(spec, st, run_dir, base_model, base_train, data, tracker)
+            if tracker is not None:
+                tracker.log_stage(st.name, best.point, best.value)
         else:
             log.info(
                 f"[{st.name}] already done: best {best.metric} {best.value:.3f} at {best.point}"

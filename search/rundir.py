@@ -96,6 +96,7 @@ class RunInfo:
     data: dict[str, Any]
     columns: dict[str, list[str]]
     precision: str | None = None  # train.precision as the run resolved it (fp32 or bf16)
+    mlflow_run: str | None = None  # the search's MLflow run (tracking.mlflow), if tracked
     started: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
     # Set when the driver stops: "complete", "stopped after <stage>", "interrupted" or
     # "failed: <the error>". None while it runs, or if it was killed without a chance to say.
@@ -586,6 +587,14 @@ class RunDir:
         storage.write_text(md, markdown)
         storage.write_text(page, html)
         return md, page
+
+    def documents(self) -> list[str]:
+        """The run's documents that exist, relative to it: spec, summary, analysis, report and
+        the report's figures (what goes to a tracking server)."""
+        names = [SPEC_FILE, SUMMARY_FILE, ANALYSIS_FILE, REPORT_MD, REPORT_HTML]
+        out = [n for n in names if storage.exists(self.file(n))]
+        figures = storage.listdir(self.file(REPORT_DIR))
+        return out + [f"{REPORT_DIR}/{f}" for f in figures if f.endswith(".png")]
 
     # -- everything
 

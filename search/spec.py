@@ -126,6 +126,25 @@ class FinalSpec:
 
 
 @dataclass(frozen=True)
+class TrackingSpec:
+    """Where the search is tracked besides its run directory."""
+
+    # An MLflow tracking URI (http://host:5000, a directory, file:///...): one MLflow run per
+    # trial, nested under one per search (`search.tracking`). null: no MLflow.
+    mlflow: str | None = None
+    experiment: str = "liquid-search"
+
+    def __post_init__(self) -> None:
+        errors = []
+        if self.mlflow is not None and not self.mlflow.strip():
+            errors.append(f"tracking.mlflow={self.mlflow!r}: empty. Fix: a tracking URI or null")
+        if not self.experiment.strip():
+            errors.append(f"tracking.experiment={self.experiment!r}: empty. Fix: a name")
+        if errors:
+            raise ConfigError(errors)
+
+
+@dataclass(frozen=True)
 class ResourceSpec:
     """What each trial (and the final model) reserves: CPUs (torch threads) and a GPU share."""
 
@@ -163,6 +182,7 @@ class SearchSpec:
     final: FinalSpec = field(default_factory=FinalSpec)
     costs: CostModel = field(default_factory=CostModel)
     resources: ResourceSpec = field(default_factory=ResourceSpec)
+    tracking: TrackingSpec = field(default_factory=TrackingSpec)
     max_concurrent: int = 0  # 0: as many trials as the cluster's resources fit
     max_failures: int = 2  # retries of a failed trial, each from its last checkpoint
     storage: str = "./runs"  # a local path, an NFS mount, or s3:// / gs://
@@ -203,6 +223,7 @@ _SECTIONS: dict[str, type] = {
     "final": FinalSpec,
     "costs": CostModel,
     "resources": ResourceSpec,
+    "tracking": TrackingSpec,
 }
 _TOP = {f.name for f in fields(SearchSpec)}
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@-]*")

@@ -32,6 +32,7 @@ from search.errors import Interrupted, StageFailed
 from search.rundir import ERROR, FINISHED, Best, RunDir, TrialRow
 from search.spec import REPLICATE, REPLICATE_SEED_STRIDE, SearchSpec, StageSpec, resolve_point
 from search.telemetry import StageMetrics, TrialMetrics
+from search.tracking import Tracker
 from search.trainable import TrialJob, run_trial
 from search.trial_result import TrialResult, config_error
 
@@ -172,8 +173,12 @@ def run_stage(
     base_model: ModelConfig,
     base_train: TrainConfig,
     data: dict[str, Any],
+    tracker: Tracker | None = None,
 ) -> Best:
     """Run (or, if its experiment exists unfinished, resume) one stage; write its results.
+
+    Args:
+        tracker: the search's MLflow run, for one nested run per trial (None: no MLflow).
 
     Returns:
         The stage's best point.
@@ -185,7 +190,7 @@ def run_stage(
     t0 = time.time()
     relay_ctx = _Relay() if is_client() else None
     job = TrialJob(spec, stage, base_model, base_train)
-    tuner = _tuner(job, run, data, relay_ctx.queue if relay_ctx is not None else None)
+    tuner = _tuner(job, run, data, relay_ctx.queue if relay_ctx is not None else None, tracker)
     with contextlib.ExitStack() as stack:
         if relay_ctx is not None:
             stack.enter_context(relay_ctx)
@@ -216,7 +221,9 @@ def run_stage(
     return best
 
 
-def _tuner(job: TrialJob, run: RunDir, data: dict[str, Any], relay: Any) -> tune.Tuner:
+def _tuner(
+    job: TrialJob, run: RunDir, data: dict[str, Any], relay: Any, tracker: Tracker | None
+) -> tune.Tuner:
     """The stage's Tuner: restored when its experiment exists unfinished (finished trials are
     kept), else a new one over the stage's grid."""
     spec, stage = job.spec, job.stage
@@ -240,6 +247,9 @@ def _tuner(job: TrialJob, run: RunDir, data: dict[str, Any], relay: Any) -> tune
         f"{_short(job.base_model, job.base_train)}"
     )
     run_name = os.path.basename(run.path.rstrip("/"))
+    callbacks: list[tune.Callback] = [Progress(stage, spec.train.metric, run_name, relay)]
+    if tracker is not None:
+        callbacks.append(tracker.trial_runs(run_name, spec, stage, job.base_model, job.base_train))
     return tune.Tuner(
         trainable,
         param_space=param_space(stage),
@@ -254,7 +264,7 @@ def _tuner(job: TrialJob, run: RunDir, data: dict[str, Any], relay: Any) -> tune
             name=run.stage_dir(stage.name),
             storage_path=run.path,
             verbose=0,
-            callbacks=[Progress(stage, spec.train.metric, run_name, relay)],
+            callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             # Every checkpoint is kept (a trial writes epochs / eval_every of them, a few MB
             # each): with a limit, Tune deletes old ones and must snapshot the experiment

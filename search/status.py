@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from search.analysis import point_table
 from search.report.document import fmt
-from search.rundir import ERROR, Run, RunDir, StageRecord
+from search.rundir import ERROR, Run, RunDir, StageRecord, TrialRow
 from search.spec import REPLICATE
 from search.stages import LiveTrial, live_trials
 
@@ -76,36 +77,55 @@ def _counts(statuses: list[str], total: int) -> str:
     return f"{done}/{total} done, {running} running, {pending} pending, {failed} failed"
 
 
+@dataclass(frozen=True)
+class StageTrials:
+    """A stage's trials as a run shows them: `phase` is "done", "failed" (results but no
+    selection: every trial failed), "in flight" (or interrupted: Tune's own record) or "not
+    started"; `rows` are `TrialRow`s from results.csv, or `LiveTrial`s while in flight."""
+
+    phase: str
+    rows: list[TrialRow] | list[LiveTrial]
+
+
+def stage_trials(run: Run, st: StageRecord) -> StageTrials:
+    """The one reading of a stage's trials, finished or in flight: `status` prints it and
+    `search.view.RunView.trials` tabulates it."""
+    if st.rows is not None:
+        return StageTrials("done" if st.done else "failed", st.rows)
+    live = live_trials(run.dir, st.spec)
+    if live is None:
+        return StageTrials("not started", [])
+    return StageTrials("in flight", live)
+
+
 def _stage_lines(run: Run, st: StageRecord, overfit: dict[str, str]) -> list[str]:
     spec, metric = st.spec, run.spec.train.metric
     keys = list(spec.grid)
     total = len(spec.points) * spec.seeds
     rep = spec.seeds > 1
     header = [*keys, *(["rep"] if rep else []), "status", "epochs", "best_ep", *_COLS]
-    if st.done:
-        assert st.rows is not None and st.best is not None
+    got = stage_trials(run, st)
+    rows: list[Any] = got.rows
+    if got.phase == "not started":
+        return [f"\n[{st.name}] not started ({total} trials)"]
+    if got.phase == "done":
+        assert st.best is not None
         b = st.best
         state = f"done: best {metric} {b.value:.3f} at {b.point}"
         if rep:
             state += f" ({b.select} of {spec.seeds} seeds, std {b.replicate_std:.3f})"
         state += overfit.get(st.name, "")
-        rows: list[Any] = st.rows
-        statuses = [r.status for r in st.rows]
+    elif got.phase == "failed":
+        state = "failed: no trial finished an evaluation"
     else:
-        live = live_trials(run.dir, spec) if st.rows is None else None
-        if st.rows is not None:  # results without a best: every trial failed
-            rows, state = st.rows, "failed: no trial finished an evaluation"
-        elif live is None:
-            return [f"\n[{st.name}] not started ({total} trials)"]
-        else:
-            rows, state = live, "in flight or interrupted (`liquid-search resume` continues it)"
-            scored = [r for r in live if math.isfinite(r.metrics.get(metric, math.nan))]
-            if scored:
-                b = max(scored, key=lambda r: r.metrics[metric])
-                where = " ".join(f"{k}={_key(v)}" for k, v in b.point.items())
-                state += (f"; best so far {metric} {b.metrics[metric]:.3f} at {where} "
-                          f"(epoch {b.best_epoch})")  # fmt: skip
-        statuses = [r.status for r in rows]
+        state = "in flight or interrupted (`liquid-search resume` continues it)"
+        scored = [r for r in rows if math.isfinite(r.metrics.get(metric, math.nan))]
+        if scored:
+            best = max(scored, key=lambda r: r.metrics[metric])
+            where = " ".join(f"{k}={_key(v)}" for k, v in best.point.items())
+            state += (f"; best so far {metric} {best.metrics[metric]:.3f} at {where} "
+                      f"(epoch {best.best_epoch})")  # fmt: skip
+    statuses = [r.status for r in rows]
     lines = [f"\n[{st.name}] {_counts(statuses, total)}; {state}"]
     gpus = [getattr(r, "gpu", "") for r in rows]
     if any(gpus):  # trials on GPUs: say which, and their peak memory

@@ -24,6 +24,7 @@ from ranker import checkpoint, storage
 from search.rundir import RunDir
 from tests.cluster_util import free_port
 from tests.conftest import FAULTS, SMOKE
+from tests.test_api import assert_view_matches_status
 
 pytestmark = pytest.mark.cloud
 STAGES = ["architecture", "training", "dropout"]
@@ -104,6 +105,11 @@ def test_the_search_on_object_storage(s3, make_cluster, tmp_path):
     assert len(loaded.trial_series("architecture")) == 2
 
     # status and report read the bucket.
+    view = assert_view_matches_status(run, env={**os.environ, **cluster.env()})
+    assert view.state == "complete" and len(view.get_dataframe()) == 6
+    assert view.final_metrics().loc["final", "ic_sharpe"] == pytest.approx(
+        view.summary["final"]["test"]["ic_sharpe"]
+    )
     r = _cli(cluster, cwd, "status", run)
     assert r.returncode == 0, r.stderr[-3000:]
     for st in STAGES:
@@ -152,6 +158,9 @@ def test_resume_on_object_storage_after_sigkill(s3, make_cluster, tmp_path):
             if any(t["config"] == stuck and t["epoch"] == 2 for t in snap.values()):
                 break
             time.sleep(0.5)
+        # In flight, on the object store: the Python API reads what status prints.
+        view = assert_view_matches_status(run, env={**os.environ, **cluster.env()})
+        assert view.state == "running" and "RUNNING" in set(view.trials("architecture")["status"])
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:

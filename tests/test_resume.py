@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import pytest
 
 from search.rundir import RunDir
 from tests.conftest import FAULTS, SMOKE
+from tests.test_api import assert_view_matches_status
 
 GRID = "stages.architecture.grid={latent_scale: [0.5, 1.0], news_alpha: [0.6, 0.8, 1.0]}"
 STUCK = {
@@ -70,7 +72,9 @@ def _snapshot(stage_dir: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _interrupt_when_stuck(market: Path, storage: Path, name: str, sig: int) -> tuple[dict, str]:
+def _interrupt_when_stuck(
+    market: Path, storage: Path, name: str, sig: int, while_stuck: Callable[[], None] | None = None
+) -> tuple[dict, str]:
     """Run until the stuck trial hangs after epoch 2 with Tune's snapshot showing it and the
     three trials before it finished; then send `sig` to the driver (its whole process group for
     SIGKILL, as when a machine dies). Returns the snapshot taken just before, and the output."""
@@ -94,6 +98,8 @@ def _interrupt_when_stuck(market: Path, storage: Path, name: str, sig: int) -> t
             if len(done) == 3 and stuck:
                 break
             time.sleep(0.3)
+        if while_stuck is not None:
+            while_stuck()
         if sig == signal.SIGKILL:
             os.killpg(proc.pid, signal.SIGKILL)
         else:
@@ -143,7 +149,12 @@ def clean_run(tiny_market: Path, tmp_path_factory: pytest.TempPathFactory, spawn
 
 
 def test_ctrl_c_mid_stage_then_resume(tiny_market, tmp_path, clean_run):
-    before, out = _interrupt_when_stuck(tiny_market, tmp_path, "r", signal.SIGINT)
+    def in_flight() -> None:  # the Python API reads the stage in flight as status prints it
+        view = assert_view_matches_status(str(tmp_path / "r"))
+        assert view.state == "running"
+        assert set(view.trials("architecture")["status"]) >= {"TERMINATED", "RUNNING"}
+
+    before, out = _interrupt_when_stuck(tiny_market, tmp_path, "r", signal.SIGINT, in_flight)
     last = out.strip().splitlines()[-1]
     assert last.startswith("error: stage 'architecture' was interrupted with 3 of 6 trials "
                            "unfinished; nothing was selected from it."), out[-3000:]  # fmt: skip

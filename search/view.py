@@ -1,0 +1,235 @@
+"""A run directory read from Python: `RunView`, what `search.api.open_run` returns.
+
+Modelled on Ray Tune's `ResultGrid.get_dataframe()` and qlib's recorders: every table is a
+pandas DataFrame, every figure a matplotlib Figure for a notebook cell, the final model loaded
+and ready to score a DataFrame. A view reads the run directory through `search.rundir` (local or
+s3:// / gs://), finished or in flight: a stage in flight is read from Tune's own record of it,
+the same reading `liquid-search status` prints (`search.status.stage_trials`). `refresh()` reads
+it again.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ranker import checkpoint
+from ranker.costs import CostModel
+from ranker.train import METRICS
+from search.analysis import analyze, point_table
+from search.errors import RunDirError
+from search.report.figures import cumulative_figure, grid_figure, ic_figure, val_test_figure
+from search.report.universes import universe_figure
+from search.rundir import Run, RunDir
+from search.spec import REPLICATE, SearchSpec
+from search.stages import LiveTrial
+from search.status import render, stage_trials
+
+
+class RunView:
+    """A run directory, read once (`refresh()` reads it again).
+
+    Attributes:
+        path: the run directory (a local path or a URI).
+        spec: the resolved spec the run started with.
+    """
+
+    def __init__(self, run_dir: str | RunDir | Run) -> None:
+        if isinstance(run_dir, Run):
+            self._run = run_dir
+        else:
+            self._run = (run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)).load()
+
+    def __repr__(self) -> str:
+        return f"RunView({self.path!r}, {self.state})"
+
+    def refresh(self) -> RunView:
+        """Read the run directory again (a run in flight moves on); returns self."""
+        self._run = self._run.dir.load()
+        return self
+
+    # -- what the run is
+
+    @property
+    def path(self) -> str:
+        return self._run.path
+
+    @property
+    def spec(self) -> SearchSpec:
+        return self._run.spec
+
+    @property
+    def source(self) -> str | None:
+        """The data the run was started on (a directory or URI), once it has started."""
+        return self._run.info.source if self._run.info is not None else None
+
+    @property
+    def stages(self) -> list[str]:
+        return [s.name for s in self._run.stages]
+
+    @property
+    def state(self) -> str:
+        """complete, running, interrupted, failed: ..., or stopped after <stage>."""
+        info = self._run.info
+        if self._run.summary is not None:
+            return "complete"
+        return (info.outcome if info is not None else None) or "running"
+
+    @property
+    def summary(self) -> dict[str, Any] | None:
+        """summary.json: each stage's best, the final model, baseline, base config,
+        search-vs-base and universe comparisons (None until the run is complete)."""
+        return self._run.summary
+
+    def status(self) -> str:
+        """What `liquid-search status` prints."""
+        return render(self._run)
+
+    # -- the stages
+
+    def trials(self, stage: str) -> pd.DataFrame:
+        """One row per trial of a stage, finished or in flight: trial_id, its grid keys,
+        replicate, status, epochs, best_epoch, the best evaluation's val metrics, and error."""
+        st = self._run.stage(stage)
+        got = stage_trials(self._run, st)
+        keys = list(st.spec.grid)
+        rows = []
+        for r in got.rows:
+            epochs = r.epoch if isinstance(r, LiveTrial) else r.epochs
+            rows.append({"trial_id": r.trial_id, **{k: r.point.get(k, math.nan) for k in keys},
+                         REPLICATE: r.replicate, "status": r.status, "epochs": epochs,
+                         "best_epoch": r.best_epoch, **{m: r.metrics.get(m, math.nan)
+                                                        for m in METRICS}, "error": r.error})  # fmt: skip
+        cols = ["trial_id", *keys, REPLICATE, "status", "epochs", "best_epoch", *METRICS, "error"]
+        return pd.DataFrame(rows, columns=cols)
+
+    def get_dataframe(self) -> pd.DataFrame:
+        """Every stage's trials in one frame, with a `stage` column (grid keys of the other
+        stages are NaN): Ray Tune's `ResultGrid.get_dataframe()` for the whole search."""
+        frames = [self.trials(s).assign(stage=s) for s in self.stages]
+        frames = [f for f in frames if len(f)]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def points(self, stage: str) -> pd.DataFrame:
+        """One row per grid point of a finished stage: every metric's mean and std over its
+        replicates, the selection value and whether it was selected."""
+        return pd.DataFrame(point_table(self._run, stage)).drop(columns="trial_ids")
+
+    def best(self, stage: str) -> dict[str, Any] | None:
+        """A finished stage's selection: point, value, and the model and train configs it
+        resolved to (None while the stage runs)."""
+        b = self._run.stage(stage).best
+        if b is None:
+            return None
+        return {"point": b.point, "value": b.value, "metric": b.metric, "model": b.model,
+                "train": b.train}  # fmt: skip
+
+    @property
+    def best_configs(self) -> dict[str, dict[str, Any]]:
+        """Each finished stage's selection (see `best`), by stage."""
+        return {s: b for s in self.stages if (b := self.best(s)) is not None}
+
+    # -- the final models
+
+    def final_metrics(self, split: str = "test") -> pd.DataFrame:
+        """The final model (the ensemble), the base config and the full-universe baseline on
+        `split` ("test" or "val"), one row each, and the planted oracle on a synthetic market."""
+        s = self._require_summary()
+        rows = {}
+        for role in ("final", "base_config", "baseline"):
+            part = s.get(role)
+            if part:
+                rows[role] = {**part[split], **(part.get("costs", {}) if split == "test" else {})}
+        oracle = s["final"].get("oracle_test")
+        if oracle and split == "test":
+            rows["oracle"] = dict(oracle)
+        return pd.DataFrame.from_dict(rows, orient="index")
+
+    def seeds(self) -> pd.DataFrame:
+        """Each seed's own test metrics, for every model trained with seeds."""
+        s = self._require_summary()
+        rows = []
+        for role in ("final", "base_config", "baseline"):
+            for x in (s.get(role) or {}).get("seeds", []):
+                rows.append({"model": role, "seed": x["seed"], **x["test"]})
+        return pd.DataFrame(rows)
+
+    def universes(self) -> pd.DataFrame:
+        """The final model on the test set as each universe rule picks it, and the names a
+        test day each keeps."""
+        u = self._require_summary().get("universes") or {}
+        return pd.DataFrame.from_dict(
+            {rule: {"names_per_test_day": r["names_per_test_day"],
+                    "turnover_per_day": r["turnover_per_day"], "test_rows": r["test_rows"],
+                    **r["test"]} for rule, r in (u.get("by_rule") or {}).items()},
+            orient="index")  # fmt: skip
+
+    def universe_timeline(self) -> pd.DataFrame:
+        """Per date, the names each universe rule keeps, their turnover, and how many differ."""
+        t = self._run.dir.read_universe_timeline()
+        if t is None:
+            raise RunDirError(f"{self.path}: no universe timeline (the run has not finished)")
+        return pd.DataFrame({k: v for k, v in t.items() if k != "date"},
+                            index=pd.DatetimeIndex(t["date"], name="date"))  # fmt: skip
+
+    def series(self, model: str = "final", split: str = "test") -> pd.DataFrame:
+        """The per-date series of `model` ("final" or "baseline") on `split` ("val", "test",
+        or "test_<rule>"): IC and the long, short and long/short returns, by date."""
+        z = self._run.final_series(model, split)
+        if z is None:
+            raise RunDirError(f"{self.path}: no {model} series on {split!r}")
+        return pd.DataFrame({"ic": z.ic, "long": z.long, "short": z.short, "ls": z.ls},
+                            index=pd.DatetimeIndex(z.date, name="date"))  # fmt: skip
+
+    def overfitting(self) -> pd.DataFrame:
+        """Per finished stage: PBO and the deflated Sharpe ratio of its selection (from
+        analysis.json, or computed from the trials' val series)."""
+        a = self._run.analysis or analyze(self._run, None, self.spec.train.k)
+        rows = {}
+        for st in a["stages"]:
+            pbo, dsr = st.get("pbo") or {}, st.get("dsr") or {}
+            rows[st["stage"]] = {"pbo": pbo.get("pbo", math.nan), "dsr": dsr.get("dsr", math.nan),
+                                 "n_trials": dsr.get("n_trials"), "value": st["value"]}  # fmt: skip
+        return pd.DataFrame.from_dict(rows, orient="index")
+
+    def model(self) -> checkpoint.Ranker:
+        """The final model, loaded: `view.model().score(frame)` scores a DataFrame or Arrow
+        table holding the training data's feature columns."""
+        self._require_summary()
+        return checkpoint.load(self._run.dir.model_path())
+
+    def figures(self) -> dict[str, Figure]:
+        """The report's figures, by the name of their PNG: each finished stage's grid, val
+        against test of the top configs (once scored), and, for a complete run, the final
+        model's cumulative test returns, daily IC and the universe rules over time."""
+        run, m = self._run, self.spec.train.metric
+        out: dict[str, Figure] = {}
+        a = run.analysis or analyze(run, None, self.spec.train.k)
+        by_stage = {s["stage"]: s for s in a["stages"]}
+        for st in run.finished:
+            out[f"grid_{st.name}.png"] = grid_figure(st.spec, st.rows or [], m,
+                                                     by_stage[st.name]["selected_point"])  # fmt: skip
+        vt = val_test_figure(a, run.summary, m)
+        if vt is not None:
+            out["val_vs_test.png"] = vt[0]
+        s = run.summary
+        z = run.final_series("final", "test")
+        if s is not None and z is not None:
+            costs = CostModel(**s["costs_model"])
+            out["test_cumulative_returns.png"] = cumulative_figure(z, costs, self.spec.train.k)
+            out["test_daily_ic.png"] = ic_figure(z, run.final_series("baseline", "test"))
+            t = run.dir.read_universe_timeline()
+            if t is not None:
+                out["universes.png"] = universe_figure(t)
+        return out
+
+    def _require_summary(self) -> dict[str, Any]:
+        if self._run.summary is None:
+            raise RunDirError(
+                f"{self.path}: the run is not complete ({self.state}); its final model is not "
+                f"there yet. Fix: wait for it (`liquid-search status {self.path} --watch`)."
+            )
+        return self._run.summary
