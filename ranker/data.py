@@ -247,11 +247,9 @@ def load(
     if compare_universes:
         by_rule = {m: liquid if m == universe.mode else _liquid_rows(keys, universe, "", m)
                    for m in MODES}  # fmt: skip
-    other_test = np.zeros_like(liquid)
-    for mask in by_rule.values():
-        other_test |= mask & (keys.days >= test_start)
+    any_test = np.logical_or.reduce(list(by_rule.values())) & (keys.days >= test_start)
     feats = _read_features(inputs.dataset, inputs.dataset_uri, inputs.columns,
-                           liquid | want_full | other_test, split.news_only, keys, say, threads,
+                           liquid | want_full | any_test, split.news_only, keys, say, threads,
                            bf16)  # fmt: skip
     rows = feats.pop("rows")
     oracle = None
@@ -259,7 +257,7 @@ def load(
         oracle = _read_oracle(inputs.source, keys.days[rows], keys.sym[rows], keys.symbol_array)
     block = {**feats, "days": keys.days[rows], "sym": keys.sym[rows],
              "ret": np.expm1(keys.target[rows]), "oracle": oracle}  # fmt: skip
-    del feats
+    del feats  # the block holds the arrays now
     symbols = tuple(str(s) for s in keys.symbols)
     days, kept_liquid = block["days"], liquid[rows]
     train = _panel(block, kept_liquid & (days < val_start), symbols)
@@ -274,13 +272,10 @@ def load(
     del block
     _check_splits(train, val, test, inputs.dataset_uri)
     info = _describe(inputs.source, keys, liquid, no_prices, train, val, test, full_train)
-    info["rows_outside_price_history"] = int(outside.sum())
-    info["has_oracle"] = oracle is not None
+    info |= {"rows_outside_price_history": int(outside.sum()), "has_oracle": oracle is not None}
     timeline = universe_timeline(keys.days, keys.sym, by_rule) if compare_universes else None
-    say(
-        f"split (liquid, news only): train {len(train):,} rows ({_date_range(train)}), "
-        f"val {len(val):,} ({_date_range(val)}), test {len(test):,} ({_date_range(test)})"
-    )
+    say(f"split (liquid, news only): train {len(train):,} rows ({_date_range(train)}), "
+        f"val {len(val):,} ({_date_range(val)}), test {len(test):,} ({_date_range(test)})")  # fmt: skip
     return Dataset(train, val, test, inputs.columns, universe, split, full_train, info,
                    test_by_rule, timeline)  # fmt: skip
 

@@ -276,24 +276,35 @@ def _universe_sentence(u: dict[str, Any]) -> str:
     )
 
 
-def _say_results(summary: dict[str, Any], m: str) -> None:
+def result_lines(summary: dict[str, Any]) -> list[str]:
+    """The final results in a few lines: the driver logs them as it ends, `status` prints
+    them."""
+    m = summary["metric"]
     f = summary["final"]
-    n = len(f["seeds"])
-    log.info(
+    n = len(f.get("seeds", [])) or 1
+    out = [
         f"[final] ensemble of {n} seed(s): val {m} {f['val'][m]:.2f} | test IC sharpe "
         f"{f['test']['ic_sharpe']:.2f} mean IC {f['test']['mean_ic']:+.4f} L/S sharpe "
-        f"{f['test']['ls_sharpe']:.2f} (net {f['costs']['ls_net_sharpe']:.2f}) on {f['device']}"
-    )
-    s = f["seed_spread"]["ic_sharpe"]
+        f"{f['test']['ls_sharpe']:.2f} (net of flat costs "
+        f"{f.get('costs', {}).get('ls_net_sharpe', math.nan):.2f}) on {f.get('device', 'cpu')}"
+    ]
     if n > 1:
-        log.info(f"[final] single seeds: test IC sharpe {s['mean']:.2f} ± {s['std']:.2f}")
+        sp = f["seed_spread"]
+        out.append(f"[final] single seeds, test: IC sharpe {sp['ic_sharpe']['mean']:.2f} ± "
+                   f"{sp['ic_sharpe']['std']:.2f}, mean IC {sp['mean_ic']['mean']:+.4f} ± "
+                   f"{sp['mean_ic']['std']:.4f}")  # fmt: skip
     if summary.get("baseline"):
         b = summary["baseline"]["test"]
-        log.info(
+        out.append(
             f"[baseline] full-universe model on the liquid test set: IC sharpe "
             f"{b['ic_sharpe']:.2f} mean IC {b['mean_ic']:+.4f} L/S sharpe {b['ls_sharpe']:.2f}"
         )
-    if summary.get("search_vs_base"):
-        log.info(f"[search vs base] {summary['search_vs_base']['sentence']}")
-    if summary.get("universes"):
-        log.info(f"[universes] {summary['universes']['sentence']}")
+    for key, label in (("search_vs_base", "search vs base"), ("universes", "universes")):
+        if summary.get(key):
+            out.append(f"[{label}] {summary[key]['sentence']}")
+    return out
+
+
+def _say_results(summary: dict[str, Any], m: str) -> None:
+    for line in result_lines(summary):
+        log.info(line)

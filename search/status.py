@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from search.analysis import point_table
+from search.final import result_lines
 from search.report.document import fmt
 from search.rundir import ERROR, Run, RunDir, StageRecord, TrialRow
 from search.spec import REPLICATE
@@ -170,29 +171,8 @@ def render(run: Run) -> str:
     if s is None:
         out.append("\n[final] not done")
         return "\n".join(out)
-    f = s["final"]
-    n = len(f.get("seeds", [])) or 1
-    out.append(f"\n[final] ensemble of {n} seed(s): " + "  ".join(
-        f"{k} val {fmt(f['val'][k], k)} test {fmt(f['test'][k], k)}"
-        for k in ("ic_sharpe", "mean_ic", "ls_sharpe")) + f"  (on {f.get('device', 'cpu')})")  # fmt: skip
-    if n > 1:
-        sp = f["seed_spread"]
-        out.append("        single seeds, test: " + "  ".join(
-            f"{k} {fmt(sp[k]['mean'], k)} ± {fmt(sp[k]['std'], k).lstrip('+')}"
-            for k in ("ic_sharpe", "mean_ic")))  # fmt: skip
-    c = f.get("costs", {})
-    if c:
-        out.append(f"        L/S net sharpe (flat costs) {fmt(c.get('ls_net_sharpe'))}")
-    if s.get("baseline"):
-        b = s["baseline"]["test"]
-        out.append(
-            f"[baseline: full universe] test ic_sharpe {fmt(b['ic_sharpe'])} mean_ic "
-            f"{fmt(b['mean_ic'], 'mean_ic')} ls_sharpe {fmt(b['ls_sharpe'])}"
-        )
-    if s.get("search_vs_base"):
-        out.append(f"[search vs base] {s['search_vs_base']['sentence']}")
-    if s.get("universes"):
-        out.append(f"[universes] {s['universes']['sentence']}")
+    out.append("")
+    out += result_lines(s)
     if overfit.get("final"):
         out.append("        " + overfit["final"])
     out.append(f"checkpoint {s['checkpoint']}")

@@ -93,7 +93,7 @@ def test_status_prints_stages_and_trials(smoke_run: Path):
     assert r.returncode == 0, r.stderr
     for st in STAGES:
         assert f"[{st}] 2/2 done, 0 running, 0 pending, 0 failed; done: best ic_sharpe" in r.stdout
-    assert "[final]" in r.stdout and "[baseline: full universe]" in r.stdout
+    assert "[final] ensemble of 3 seed(s)" in r.stdout and "[baseline] full-universe" in r.stdout
     assert "import ray" not in r.stderr
 
 

@@ -239,5 +239,5 @@ def test_status_watch_follows_a_run_in_flight_and_exits_when_it_ends(
     assert in_flight, frames[:3]
     assert any(" RUNNING " in f for f in in_flight), "a frame shows a trial running"
     assert any("best so far ic_sharpe" in f for f in in_flight)
-    assert "[final] ic_sharpe val" in frames[-1] and "; complete" in frames[-1]
+    assert "[final] ensemble of" in frames[-1] and "; complete" in frames[-1]
     assert watch.stdout.rstrip().endswith("the run has ended: complete")
