@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ranker import storage
 from ranker.config import ConfigError
@@ -31,7 +31,9 @@ from search import spec as specmod
 from search.errors import Interrupted, RunDirError, SearchError, SpecError
 from search.rundir import SPEC_FILE, RunDir
 from search.spec import SearchSpec
-from search.view import RunView
+
+if TYPE_CHECKING:  # imported where a view is made: it needs pandas and ray, `train` neither
+    from search.view import RunView
 
 log = logging.getLogger("liquid_search")
 
@@ -312,7 +314,7 @@ def resume(
         sp = _resumed_spec(old, overrides, problems, rd.file(SPEC_FILE))
     if rd.is_complete():
         log.info(f"{rd.path} is complete: nothing to resume (`liquid-search status` shows it)")
-        return RunView(rd)
+        return _view(rd)
     info = rd.read_info()
     source = data or (info.source if info else None) or data_source(sp)
     return _execute(rd, sp, source, address, verbose, on_start,
@@ -417,7 +419,7 @@ def _execute(
         raise
     finally:
         rd.mark_ended(outcome)
-    return RunView(rd)
+    return _view(rd)
 
 
 # ---------------------------------------------------------------- reading a run
@@ -461,4 +463,12 @@ def open_run(run_dir: str) -> RunView:
     Raises:
         RunDirError, StorageError: not a run directory, or unreachable.
     """
-    return RunView(run_dir)
+    return _view(RunDir(run_dir))
+
+
+def _view(rd: RunDir) -> RunView:
+    # Here, not at the top: a view needs pandas and Ray Tune, which `train` and `synth` do not
+    # (importing them costs seconds on every `liquid-search train`).
+    from search.view import RunView
+
+    return RunView(rd)

@@ -22,8 +22,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import tempfile
 import time
+import urllib.parse
 from typing import Any
 
 from ray import tune
@@ -72,6 +74,16 @@ def check(spec: SearchSpec) -> None:
     fixes = {"timeout": fix, "down": fix, "other": fix,
              "denied": "check the MLflow credentials (MLFLOW_TRACKING_TOKEN, or "
                        "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)"}  # fmt: skip
+    url = urllib.parse.urlparse(uri)
+    if url.scheme in ("http", "https") and url.hostname:
+        # MLflow's client retries a refused connection for minutes; a socket says it at once.
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            socket.create_connection((url.hostname, port), timeout=5).close()
+        except OSError as e:
+            raise TrackingError(
+                f"MLflow tracking: {uri}: the endpoint does not answer ({e}). Fix: {fix}."
+            ) from None
     try:
         storage.answer(lambda: _experiment_id(client, spec.tracking.experiment), uri,
                        seconds=PROBE_SECONDS, fixes=fixes)  # fmt: skip

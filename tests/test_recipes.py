@@ -42,12 +42,29 @@ def _free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-@pytest.mark.parametrize("doc", ["README.md", "cluster/README.md"])
+def _runnable(doc: str) -> list[str]:
+    return [ln for ln in recipe(ROOT / doc)
+            if not ln.startswith(("source .venv/bin/activate", "pip install ."))]  # fmt: skip
+
+
+def test_the_readme_recipe_is_the_cluster_readme_one():
+    """README.md's recipe is cluster/README.md's, command for command (less its `status` line;
+    the comments differ), so running the latter, below, runs both as written."""
+
+    def commands(doc: str) -> list[str]:
+        return [re.sub(r"\s+#.*$", "", ln).rstrip() for ln in _runnable(doc)]
+
+    short, full = commands("README.md"), commands("cluster/README.md")
+    it = iter(full)
+    assert all(any(ln == other for other in it) for ln in short), (short, full)
+    assert len(short) >= 5
+
+
+@pytest.mark.parametrize("doc", ["cluster/README.md"])
 def test_the_documented_local_cluster_recipe_works_as_written(doc, tmp_path):
     for port in (6379, 8265):
         assert _free(port), f"port {port} is taken: the recipe needs it (another Ray running?)"
-    lines = [ln for ln in recipe(ROOT / doc)
-             if not ln.startswith(("source .venv/bin/activate", "pip install ."))]  # fmt: skip
+    lines = _runnable(doc)
     assert any(ln.startswith("ray job submit") for ln in lines) and len(lines) >= 5
     home = tmp_path / "home"
     home.mkdir()

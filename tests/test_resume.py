@@ -168,10 +168,27 @@ def test_sigterm_is_an_interrupt_too(tiny_market, tmp_path, spawns_ray):
     """A scheduler's stop (SIGTERM: `timeout`, `ray job stop`, Kubernetes) stops the run as
     Ctrl-C does: Tune saves its trials, the run is recorded as interrupted, one line names
     `resume`, exit 130."""
-    _, out = _interrupt_when_stuck(tiny_market, tmp_path, "t", signal.SIGTERM)
-    last = out.strip().splitlines()[-1]
-    assert last.startswith("error: stage 'architecture' was interrupted"), out[-3000:]
-    assert f"liquid-search resume {tmp_path / 't'}" in last and "Traceback" not in out
+    marker = tmp_path / "hung"
+    fault = {"stage": "architecture", "point": {"latent_scale": 0.5, "news_alpha": 0.6},
+             "epoch": 1, "mode": "hang", "marker": str(marker)}  # fmt: skip
+    proc = subprocess.Popen(_args(tiny_market, tmp_path, "t", fault), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=_env())  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while not marker.exists():
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    last = err.strip().splitlines()[-1]
+    assert proc.returncode == 130, err[-3000:]
+    assert last.startswith("error: stage 'architecture' was interrupted"), err[-3000:]
+    assert f"liquid-search resume {tmp_path / 't'}" in last and "Traceback" not in err
     run = RunDir(str(tmp_path / "t")).load()
     assert not run.stage("architecture").done and run.info.outcome == "interrupted"
 
