@@ -25,12 +25,20 @@ from ray import tune
 from ray.util.queue import Empty, Queue
 
 from ranker import storage
+from ranker.config import ConfigError
 from ranker.model import ModelConfig
 from ranker.train import METRICS, TrainConfig
 from search.connect import is_client
 from search.errors import Interrupted, StageFailed
 from search.rundir import ERROR, FINISHED, Best, RunDir, TrialRow
-from search.spec import REPLICATE, REPLICATE_SEED_STRIDE, SearchSpec, StageSpec, resolve_point
+from search.spec import (
+    REPLICATE,
+    REPLICATE_SEED_STRIDE,
+    SearchSpec,
+    StageSpec,
+    resolve_point,
+    trial_configs,
+)
 from search.telemetry import StageMetrics, TrialMetrics
 from search.tracking import Tracker
 from search.trainable import TrialJob, run_trial
@@ -196,7 +204,7 @@ def run_stage(
             stack.enter_context(relay_ctx)
         grid = tuner.fit()
     total = len(stage.points) * stage.seeds
-    ended = sum(r.error is not None or bool((r.metrics or {}).get("done")) for r in grid)
+    ended = sum(_ended(r, job) for r in grid)
     if ended < total:  # Tune stopped on Ctrl-C (SIGINT) and saved its state: nothing to select
         raise Interrupted(
             f"stage {stage.name!r} was interrupted with {total - ended} of {total} trials "
@@ -219,6 +227,26 @@ def run_stage(
         f"{best.wall_seconds:.0f}s; best {best.metric} {best.value:.3f} at {best.point}"
     )
     return best
+
+
+def _ended(result: Any, job: TrialJob) -> bool:
+    """Whether a trial is over: failed for good, could not run, or trained all its epochs.
+
+    Tune marks the last result of a trial that finished `done`, but a trial restored as finished
+    from an experiment snapshot need not carry it, and a trial Ctrl-C stopped may be marked
+    terminated: its epochs tell.
+    """
+    m = result.metrics or {}
+    if result.error is not None or m.get("done") or config_error(m):
+        return True
+    r = TrialResult.from_report(m)
+    if r is None:
+        return False
+    try:
+        _, tc, _ = trial_configs(job.spec, job.base_model, job.base_train, result.config or {})
+    except ConfigError:
+        return True
+    return r.epoch >= tc.epochs
 
 
 def _tuner(
