@@ -104,4 +104,7 @@ def test_the_example_notebook_runs_headless(tmp_path, spawns_ray):
     outputs = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
                       for c in nb.cells if c.cell_type == "code" for o in c.outputs)  # fmt: skip
     assert "RunView(" in outputs and "complete" in outputs
+    pngs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+            if "image/png" in o.get("data", {})]  # fmt: skip
+    assert len(pngs) >= 2, "the report's figures show in the notebook"
     assert "score" in outputs and "Test mean IC over 3 seed(s)" in outputs
