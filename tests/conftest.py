@@ -25,11 +25,19 @@ FAULTS = ROOT / "tests" / "faults.py"  # `liquid-search` with a fault injected i
 HEAVY_FIXTURES = frozenset({"ray_local", "make_cluster", "spawns_ray"})
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        heavy = HEAVY_FIXTURES & set(getattr(item, "fixturenames", ()))
+        fixtures = set(getattr(item, "fixturenames", ()))  # with every fixture they depend on
+        heavy = HEAVY_FIXTURES & fixtures
         if heavy or any(item.iter_markers(name="cluster")) or any(item.iter_markers(name="cloud")):
             item.add_marker(pytest.mark.ray)
+            # Under `pytest -n 2` (pytest-xdist; `--dist loadgroup` is in pyproject's addopts) a
+            # group runs on one worker: the tests on this process's Ray share it and the smoke
+            # run built on it, and each other heavy module keeps its module-scoped fixtures (a
+            # moto server, a clean run) built once. The fast tests spread one by one.
+            group = "ray_local" if "ray_local" in fixtures else item.module.__name__
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(autouse=True)

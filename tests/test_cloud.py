@@ -143,7 +143,7 @@ def test_resume_on_object_storage_after_sigkill(s3, make_cluster, tmp_path):
     run = "s3://liquid/runs/killed"
     args = [sys.executable, str(FAULTS), json.dumps(fault), "run", "--address", cluster.address, "--config",
             str(SMOKE), "--data", "s3://liquid/market", "--storage", "s3://liquid/runs",
-            "--name", "killed", "max_concurrent=1", "train.epochs=4", "final.baseline=false",
+            "--name", "killed", "max_concurrent=1", "train.epochs=4", "final.baseline=false", "final.seeds=1",
             "stages.architecture.grid={latent_scale: [0.5, 1.0], news_alpha: [0.6, 0.8, 1.0]}"]  # fmt: skip
     with open(tmp_path / "driver.log", "w") as log:
         proc = subprocess.Popen(args, cwd=cwd, stdout=log, stderr=log, start_new_session=True,

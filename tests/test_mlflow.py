@@ -51,7 +51,8 @@ def test_a_search_is_tracked_in_mlflow(mlflow_server, tiny_market, tmp_path):
     from mlflow.tracking import MlflowClient
 
     r = _cli("run", "--config", str(SMOKE), "--storage", str(tmp_path), "--name", "tracked",
-             "--mlflow", mlflow_server, f"data.source={tiny_market}")  # fmt: skip
+             "--mlflow", mlflow_server, f"data.source={tiny_market}", "max_concurrent=1",
+             "final.seeds=1")  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     run = RunDir(str(tmp_path / "tracked")).load()
     client = MlflowClient(mlflow_server)

@@ -5,8 +5,10 @@ starts the cluster, up to `cluster/local.sh stop`) and runs them with bash from 
 in a private HOME (so the token, the synthetic market cache and the runs are the test's own) and
 a private RAY_TEMP_DIR: start a head and two workers, submit the smoke search as a Ray job with
 the working dir and runtime env, follow it to SUCCEEDED, list the run where the docs say it is,
-stop the cluster. The commands use the documented ports (6379, 8265): another Ray holding them
-on the machine fails the test with a message. cluster/README.md's block begins with setting up
+stop the cluster. One liberty: the cluster gets free ports through local.sh's documented
+settings (RAY_PORT, DASHBOARD_PORT, AGENT_PORT_BASE) and the commands' `127.0.0.1:8265` names
+that dashboard port, so another Ray on the machine (a parallel test's, under `pytest -n 2`)
+cannot collide with it. cluster/README.md's block begins with setting up
 the environment (`source .venv/bin/activate`, `pip install .`); that is what the test process
 already has, so those two lines are left out.
 """
@@ -21,6 +23,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.cluster_util import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.cluster
@@ -40,6 +44,14 @@ def recipe(doc: Path) -> list[str]:
 def _free(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _free_run(n: int) -> int:
+    """The first of `n` consecutive free ports (local.sh gives worker i AGENT_PORT_BASE + i)."""
+    while True:
+        base = free_port()
+        if all(_free(base + i) for i in range(1, n)):
+            return base
 
 
 def _runnable(doc: str) -> list[str]:
@@ -62,9 +74,8 @@ def test_the_readme_recipe_is_the_cluster_readme_one():
 
 @pytest.mark.parametrize("doc", ["cluster/README.md"])
 def test_the_documented_local_cluster_recipe_works_as_written(doc, tmp_path):
-    for port in (6379, 8265):
-        assert _free(port), f"port {port} is taken: the recipe needs it (another Ray running?)"
-    lines = _runnable(doc)
+    dashboard = free_port()
+    lines = [ln.replace("127.0.0.1:8265", f"127.0.0.1:{dashboard}") for ln in _runnable(doc)]
     assert any(ln.startswith("ray job submit") for ln in lines) and len(lines) >= 5
     home = tmp_path / "home"
     home.mkdir()
@@ -75,6 +86,9 @@ def test_the_documented_local_cluster_recipe_works_as_written(doc, tmp_path):
         RAY_TEMP_DIR=str(Path(os.environ.get("TMPDIR", "/tmp")) / f"lsr-{os.getpid()}"),
         PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
         PYTHONUNBUFFERED="1",
+        RAY_PORT=str(free_port()),
+        DASHBOARD_PORT=str(dashboard),
+        AGENT_PORT_BASE=str(_free_run(3)),
     )
     script = "set -euo pipefail\n" + "\n".join(lines) + "\n"
     try:

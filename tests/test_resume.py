@@ -42,7 +42,7 @@ def _args(market: Path, storage: Path, name: str, fault: dict | None = None) -> 
         cli = [sys.executable, str(FAULTS), json.dumps(fault)]
     return [*cli, "run", "--config", str(SMOKE), "--storage", str(storage), "--name", name,
             f"data.source={market}", GRID, f"train.epochs={EPOCHS}", "max_concurrent=1",
-            "final.baseline=false"]  # fmt: skip
+            "final.baseline=false", "final.seeds=1"]  # fmt: skip
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -216,7 +216,8 @@ def test_status_watch_follows_a_run_in_flight_and_exits_when_it_ends(
     run_dir = tmp_path / "runs" / "w"
     args = [sys.executable, "-m", "search.cli", "run", "--config", str(SMOKE), "--storage",
             str(tmp_path / "runs"), "--name", "w", f"data.source={tiny_market}",
-            "train.epochs=10", "train.batch_size=8"]  # a few seconds a trial  # fmt: skip
+            "train.epochs=10", "train.batch_size=32",  # a second or two a trial
+            "final.seeds=1", "max_concurrent=1"]  # fmt: skip
     with open(tmp_path / "run.log", "w") as log:
         search = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
