@@ -78,7 +78,8 @@ def test_the_search_on_object_storage(s3, make_cluster, tmp_path):
     cwd.mkdir()
     run = "s3://liquid/runs/smoke"
     r = _cli(cluster, cwd, "run", "--address", cluster.address, "--config", str(SMOKE),
-             "--data", "s3://liquid/market", "--storage", "s3://liquid/runs", "--name", "smoke")  # fmt: skip
+             "--data", "s3://liquid/market", "--storage", "s3://liquid/runs", "--name", "smoke",
+             "final.seeds=1")  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip() == run
 

@@ -242,8 +242,10 @@ def test_worker_node_killed_mid_stage(make_cluster, tiny_market, tmp_path):
     args = _search(cluster, tmp_path / "runs", "kill", f"data.source={tiny_market}",
                    "stages.architecture.grid={latent_scale: [0.5, 1.0], news_alpha: [0.6, 0.8, 1.0]}",
                    f"train.epochs={epochs}", "train.eval_every=1", "train.batch_size=4",
-                   "max_failures=3", "final.seeds=1", "final.epochs=1",
-                   "final.baseline=false")  # the final model is not what is tested  # fmt: skip
+                   "max_failures=3", "final.seeds=1", "final.epochs=1", "final.baseline=false",
+                   # After the first stage only completion is tested: one trial each.
+                   "stages.training.grid={learning_rate: [1.0e-3]}",
+                   "stages.dropout.grid={news_dropout: [0.1]}")  # fmt: skip
     run_dir = tmp_path / "runs" / "kill"
     stage_dir = run_dir / "architecture"
     log_path = tmp_path / "driver.log"

@@ -6,7 +6,8 @@ the experiment (its snapshot, read through `tune.ExperimentAnalysis`) shows the 
 and the stuck one's checkpoint; then they interrupt the driver (Ctrl-C, or SIGKILL) and resume:
 - every trial ends at its full epochs and the stage is selected from all six;
 - a trial that had finished is not trained again (its reported results are the same rows);
-- the stuck trial continues from its checkpoint, and ends exactly as in an uninterrupted run.
+- the stuck trial continues from its checkpoint, and every trial ends exactly as `fit` called
+  directly on its config ends (an uninterrupted run).
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def _interrupt_when_stuck(
     return snap, log_path.read_text()
 
 
-def _check_resumed(market: Path, storage: Path, name: str, before: dict, clean: Path) -> None:
+def _check_resumed(market: Path, storage: Path, name: str, before: dict, clean: dict) -> None:
     r = subprocess.run([sys.executable, "-m", "search.cli", "resume", str(storage / name)],
                        capture_output=True, text=True, env=_env(), timeout=400)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
@@ -120,9 +121,6 @@ def _check_resumed(market: Path, storage: Path, name: str, before: dict, clean: 
     st = RunDir(str(storage / name)).load().stage("architecture")
     assert st.done and len(st.rows) == 6
     assert all(x.status == "TERMINATED" and x.epochs == EPOCHS for x in st.rows), st.rows
-    reference = {
-        tuple(r.point.values()): r for r in RunDir(str(clean)).load().stage("architecture").rows
-    }
     for row in st.rows:
         was = before.get(row.trial_id, {"status": "NOT CREATED"})
         if was["status"] == "TERMINATED":  # finished before: not trained again
@@ -134,21 +132,43 @@ def _check_resumed(market: Path, storage: Path, name: str, before: dict, clean: 
                 2,
             ]
         # Every trial ends as in an uninterrupted run (training is deterministic per epoch).
-        ref = reference[tuple(row.point.values())]
-        assert row.metrics == pytest.approx(ref.metrics, abs=1e-9, nan_ok=True), row.point
+        ref = clean[tuple(sorted(row.point.items()))]
+        assert row.metrics == pytest.approx({k: ref[k] for k in row.metrics}, abs=1e-9,
+                                            nan_ok=True), row.point  # fmt: skip
     assert (storage / name / "summary.json").is_file()
 
 
 @pytest.fixture(scope="module")
-def clean_run(tiny_market: Path, tmp_path_factory: pytest.TempPathFactory, spawns_ray) -> Path:
-    storage = tmp_path_factory.mktemp("clean")
-    r = subprocess.run(_args(tiny_market, storage, "clean"), capture_output=True, text=True,
-                       env=_env(), timeout=400)  # fmt: skip
-    assert r.returncode == 0, r.stderr[-3000:]
-    return storage / "clean"
+def clean_run(tiny_market: Path) -> dict[tuple, dict[str, float]]:
+    """How an uninterrupted run ends each architecture trial (its best val metrics, by grid
+    point): `fit` called directly, as the trainable calls it, with the trial's configs and one
+    thread (a 1-CPU trial's)."""
+    import itertools
+
+    import torch
+
+    from ranker.train import fit
+    from search import spec as specmod
+    from search.source import data_source, load_data
+
+    sp = specmod.load(SMOKE, [f"data.source={tiny_market}", GRID, f"train.epochs={EPOCHS}",
+                              "final.baseline=false"])  # fmt: skip
+    ds = load_data(sp, data_source(sp, None), baseline=False, compare=False)
+    (stage,) = [st for st in sp.stages if st.name == "architecture"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = {}
+        for values in itertools.product(*stage.grid.values()):
+            point = dict(zip(stage.grid, values, strict=True))
+            mc, tc, _ = specmod.trial_configs(sp, sp.model, sp.train, point)
+            out[tuple(sorted(point.items()))] = fit(mc, tc, ds.train, ds.val).metrics
+    finally:
+        torch.set_num_threads(threads)
+    return out
 
 
-def test_ctrl_c_mid_stage_then_resume(tiny_market, tmp_path, clean_run):
+def test_ctrl_c_mid_stage_then_resume(tiny_market, tmp_path, clean_run, spawns_ray):
     def in_flight() -> None:  # the Python API reads the stage in flight as status prints it
         view = assert_view_matches_status(str(tmp_path / "r"))
         assert view.state == "running"
@@ -193,7 +213,7 @@ def test_sigterm_is_an_interrupt_too(tiny_market, tmp_path, spawns_ray):
     assert not run.stage("architecture").done and run.info.outcome == "interrupted"
 
 
-def test_sigkill_mid_stage_then_resume(tiny_market, tmp_path, clean_run):
+def test_sigkill_mid_stage_then_resume(tiny_market, tmp_path, clean_run, spawns_ray):
     before, _ = _interrupt_when_stuck(tiny_market, tmp_path, "r", signal.SIGKILL)
     run = RunDir(str(tmp_path / "r")).load()
     assert not run.stage("architecture").done and run.info.ended is None  # no chance to say

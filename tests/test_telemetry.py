@@ -95,7 +95,7 @@ def test_prometheus_scrapes_every_trial_and_the_stage_counters(make_cluster, tin
     try:
         args = [sys.executable, "-m", "search.cli", "run", "--address", cluster.address,
                 "--config", str(SMOKE), "--storage", str(tmp_path / "runs"), "--name", "watched",
-                f"data.source={tiny_market}"]  # fmt: skip
+                f"data.source={tiny_market}", "final.seeds=1"]  # fmt: skip
         # The plain path: while the run is in flight, the /metrics endpoints hold the gauges with
         # their labels. (The driver sets every trial's gauges and keeps them exported while it
         # runs; a node's agent drops a value within two report intervals of its emitter's exit.)
