@@ -38,7 +38,9 @@ def save(
     extra: dict[str, Any] | None = None,
 ) -> None:
     """Write a checkpoint atomically (never a half-written file under `path`) to a local path or
-    a URI (s3://, gs://)."""
+    a URI (s3://, gs://). An ensemble of one member (final.seeds=1) is saved as that member."""
+    if isinstance(model, Ensemble) and len(model.members) == 1:
+        model = model.members[0]
     payload = {
         "format": FORMAT,
         "model_state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},

@@ -87,6 +87,12 @@ def test_an_ensemble_checkpoint_scores_the_mean_of_its_members(tiny_dataset, tmp
     loaded = checkpoint.load(tmp_path / "m.pt")
     assert isinstance(loaded.model, Ensemble) and len(loaded.model.members) == 3
     assert np.array_equal(score(loaded.model, test), score(ens, test))
+    # One seed (final.seeds=1): a plain model's checkpoint, scoring as that seed.
+    one = Ensemble.from_states(cfg, [members[0].state_dict()])
+    checkpoint.save(tmp_path / "one.pt", one, tiny_dataset.columns)
+    loaded = checkpoint.load(tmp_path / "one.pt")
+    assert isinstance(loaded.model, MultiBranchRanker) and loaded.payload["members"] == 1
+    assert np.array_equal(score(loaded.model, test), score(members[0], test))
 
 
 def test_search_vs_base_is_welchs_difference_and_says_which():
