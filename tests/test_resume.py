@@ -184,14 +184,15 @@ def test_ctrl_c_mid_stage_then_resume(tiny_market, tmp_path, clean_run, spawns_r
     _check_resumed(tiny_market, tmp_path, "r", before, clean_run)
 
 
-def test_sigterm_is_an_interrupt_too(tiny_market, tmp_path, spawns_ray):
-    """A scheduler's stop (SIGTERM: `timeout`, `ray job stop`, Kubernetes) stops the run as
-    Ctrl-C does: Tune saves its trials, the run is recorded as interrupted, one line names
-    `resume`, exit 130."""
-    marker = tmp_path / "hung"
+def _stop_first_trial(
+    market: Path, storage: Path, name: str, *signals: int
+) -> tuple[int, str, float]:
+    """Run until the first trial hangs after epoch 1, then send `signals` to the driver half a
+    second apart. Returns its exit code, its stderr and the seconds it took after the last."""
+    marker = storage / f"{name}.hung"
     fault = {"stage": "architecture", "point": {"latent_scale": 0.5, "news_alpha": 0.6},
              "epoch": 1, "mode": "hang", "marker": str(marker)}  # fmt: skip
-    proc = subprocess.Popen(_args(tiny_market, tmp_path, "t", fault), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(_args(market, storage, name, fault), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env=_env())  # fmt: skip
     try:
@@ -199,14 +200,26 @@ def test_sigterm_is_an_interrupt_too(tiny_market, tmp_path, spawns_ray):
         while not marker.exists():
             assert proc.poll() is None and time.time() < deadline
             time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
+        for i, sig in enumerate(signals):
+            if i:
+                time.sleep(0.5)
+            proc.send_signal(sig)
+        t = time.time()
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    return proc.returncode, err, time.time() - t
+
+
+def test_sigterm_is_an_interrupt_too(tiny_market, tmp_path, spawns_ray):
+    """A scheduler's stop (SIGTERM: `timeout`, `ray job stop`, Kubernetes) stops the run as
+    Ctrl-C does: Tune saves its trials, the run is recorded as interrupted, one line names
+    `resume`, exit 130."""
+    code, err, _ = _stop_first_trial(tiny_market, tmp_path, "t", signal.SIGTERM)
     last = err.strip().splitlines()[-1]
-    assert proc.returncode == 130, err[-3000:]
+    assert code == 130, err[-3000:]
     assert last.startswith("error: stage 'architecture' was interrupted"), err[-3000:]
     assert f"liquid-search resume {tmp_path / 't'}" in last and "Traceback" not in err
     run = RunDir(str(tmp_path / "t")).load()
@@ -222,28 +235,9 @@ def test_sigkill_mid_stage_then_resume(tiny_market, tmp_path, clean_run, spawns_
 
 def test_second_ctrl_c_stops_at_once_without_a_traceback(tiny_market, tmp_path, spawns_ray):
     """Ctrl-C twice while a trial hangs: the run stops at once with one line and exit 130."""
-    storage = tmp_path
-    marker = storage / "hung"
-    fault = {"stage": "architecture", "point": {"latent_scale": 0.5, "news_alpha": 0.6},
-             "epoch": 1, "mode": "hang", "marker": str(marker)}  # fmt: skip
-    proc = subprocess.Popen(_args(tiny_market, storage, "r2", fault), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env=_env())  # fmt: skip
-    try:
-        deadline = time.time() + 300
-        while not marker.exists():
-            assert proc.poll() is None and time.time() < deadline
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        t = time.time()
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 130, err[-3000:]
+    code, err, seconds = _stop_first_trial(tiny_market, tmp_path, "r2", signal.SIGINT,
+                                           signal.SIGINT)  # fmt: skip
+    assert code == 130, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
     assert "liquid-search resume" in err.strip().splitlines()[-1]
-    assert time.time() - t < 30
+    assert seconds < 30
