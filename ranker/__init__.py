@@ -1,5 +1,5 @@
-"""The liquid-universe pairwise ranker: data, universe, split, pairs, model, training, metrics,
-costs, checkpoints and the synthetic market. Never imports ray.
+"""The liquid-universe pairwise ranker: inputs, data, universe, split, pairs, model, training,
+metrics, costs, checkpoints and the synthetic market. Never imports ray.
 
 Submodules load on first use, so `import ranker; ranker.checkpoint.load(path)` works without
 importing every module up front.
@@ -10,9 +10,9 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-_SUBMODULES = ("backtest", "checkpoint", "config", "costs", "data", "device", "metrics", "model",
-               "overfit_stats", "pairs", "panel", "schema", "split", "storage", "synth", "train",
-               "universe")  # fmt: skip
+_SUBMODULES = ("backtest", "checkpoint", "config", "costs", "data", "device", "inputs", "metrics",
+               "model", "overfit_stats", "pairs", "panel", "schema", "split", "storage", "synth",
+               "train", "universe")  # fmt: skip
 __all__ = list(_SUBMODULES)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ranker.costs import CostModel, cost_metrics
-from ranker.metrics import Daily, daily, summarize
+from ranker.metrics import Daily, daily, evaluate_bounds, summarize
 from ranker.panel import Panel
 
 
@@ -43,6 +43,6 @@ def backtest(panel: Panel, scores: np.ndarray, k: int, costs: CostModel | None =
     """
     d = daily(panel.bounds, scores, panel.returns, k=k)
     oracle = None
-    if panel.oracle is not None:
-        oracle = summarize(daily(panel.bounds, panel.oracle, panel.returns, k=k))
+    if panel.oracle is not None:  # the one oracle statistic: synth.json's is the same function
+        oracle = evaluate_bounds(panel.bounds, panel.oracle, panel.returns, k=k)
     return Backtest(d, summarize(d), cost_metrics(d, panel.symbol_ids, costs), oracle)

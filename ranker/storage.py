@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Callable
@@ -135,6 +136,13 @@ def write_bytes(path: str, data: bytes) -> None:
 
 def write_text(path: str, text: str) -> None:
     write_bytes(path, text.encode())
+
+
+def delete(path: str) -> None:
+    """Remove the file at `path` (nothing when there is none)."""
+    fs, p = filesystem(path)
+    if fs.get_file_info(p).type == pafs.FileType.File:
+        fs.delete_file(p)
 
 
 def listdir(path: str) -> list[str]:
@@ -270,16 +278,80 @@ def answer(
     raise Unanswered(f"{uri}: {what}. Fix: {fix}.", kind, detail)
 
 
-def _kind(e: BaseException) -> str:
-    """An error from a remote service, by kind: denied, down or other."""
+def describe_fault(e: BaseException) -> tuple[str, str]:
+    """A failed read or write of a storage that was working, as (what happened, what to do):
+    out of space, read-only, gone, permission refused, or an object store that refuses, is
+    throttling or does not answer."""
+    import errno
+
+    code = getattr(e, "errno", None)
     low = str(e).lower()
-    if any(k in low for k in ("access_denied", "accessdenied", "forbidden", "invalidaccesskeyid",
-                              "signaturedoesnotmatch", "credential", "403", "401")):  # fmt: skip
-        return "denied"
+    if code == errno.ENOSPC or "no space left" in low:
+        return "no space left on the device", "free space on it"
+    if code == errno.EDQUOT or "quota" in low:
+        return "the disk quota is used up", "free space or raise the quota"
+    if code == errno.EROFS or "read-only" in low:
+        return "the filesystem is read-only", "remount it writable"
+    if code in (errno.ENOENT, errno.ESTALE) or "no such file" in low:
+        return "a path the run writes to has vanished", "mount the storage again"
+    if code == errno.EACCES or code == errno.EPERM:
+        return "permission denied", "give this user write access to the run directory"
+    if any(k in low for k in ("slowdown", "slow down", "throttl", "503", "toomanyrequests")):
+        return "the object store is throttling requests", "wait, or raise the request limits"
+    kind = _kind(e)
+    if kind == "denied":
+        return "the object store refused the credentials", _STORE_FIX["denied"]
+    if kind == "down":
+        return "the object store does not answer", _STORE_FIX["down"]
+    return _first_line(e), "check the storage"
+
+
+def diagnose(path: str, seconds: float = 10.0) -> tuple[str, str] | None:
+    """What is wrong with a storage now, as `describe_fault` says it, when an error said too
+    little (a file cut short, an unreadable record): a local path that vanished, turned
+    read-only, is not writable or has no space left; an object store that does not answer or
+    refuses. None when it looks fine."""
+    import errno
+    import shutil
+
+    if is_uri(path):
+        try:
+            fs, p = filesystem(path)
+            answer(lambda: fs.get_file_info(p), path, seconds)
+        except Unanswered as e:
+            err = OSError(e.detail or e.kind)
+            return (
+                describe_fault(err) if e.kind != "timeout" else describe_fault(OSError("timed out"))
+            )
+        except OSError as e:
+            return describe_fault(e)
+        return None
+    local = absolute(path)
+    if not os.path.exists(local):
+        return describe_fault(OSError(errno.ENOENT, "vanished"))
+    if os.statvfs(local).f_flag & os.ST_RDONLY:
+        return describe_fault(OSError(errno.EROFS, "read-only"))
+    if not os.access(local, os.W_OK | os.X_OK):
+        return describe_fault(OSError(errno.EACCES, "denied"))
+    if shutil.disk_usage(local).free < 1 << 20:
+        return describe_fault(OSError(errno.ENOSPC, "full"))
+    return None
+
+
+def _kind(e: BaseException) -> str:
+    """An error from a remote service, by kind: down, denied or other. An endpoint that does not
+    answer is recognised first: its message names a host and port, whose digits can read as a
+    status code."""
+    low = str(e).lower()
     if any(k in low for k in ("network_connection", "couldn't connect", "curlcode",
                               "connection refused", "timed out", "timeout", "resolve",
                               "max retries")):  # fmt: skip
         return "down"
+    if any(k in low for k in ("access_denied", "accessdenied", "forbidden", "invalidaccesskeyid",
+                              "signaturedoesnotmatch", "credential")) or re.search(
+        r"\b(403|401)\b(?!\.)", re.sub(r"[\d.]+:\d+", "", low)
+    ):  # fmt: skip
+        return "denied"
     return "other"
 
 

@@ -45,9 +45,12 @@ and its latent class only (c(x) = clip(x, -3, 3); s = +1 illiquid, -1 liquid):
 The price pattern inverts between the classes and so do the quality-growth and the news
 interactions, while the value, leverage and news-sentiment effects are shared: a model fitted on
 all stocks learns a compromise that ranks the liquid names worse than one fitted on them alone.
-With `signal=1` the mean daily Spearman IC of mu against the realised return is ≈0.04 on liquid
-news rows and ≈0.06 on illiquid ones (the exact values are in `synth.json`); `signal` scales mu
-(≈0.17 on liquid news rows at `signal=4`).
+With `signal=1` the mean daily Spearman IC of mu against the realised return is ≈0.045 on liquid
+news rows and ≈0.055 on illiquid ones; `signal` scales mu (≈0.17 on liquid news rows at
+`signal=4`). The exact values are in `synth.json`, computed as the backtests compute the
+oracle's (`ranker.metrics.evaluate_bounds`: average ranks, dates with 10+ names): on every date,
+and (`oracle`) on the train, val and test rows of the default pipeline, so `oracle.test` is
+the report's oracle figure on the same market.
 
 A market whose liquidity moves (`liquidity="moving"`)
 -----------------------------------------------------
@@ -92,6 +95,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ranker import storage
+from ranker.metrics import MIN_NAMES, evaluate_bounds
 from ranker.schema import (
     CLOSE,
     DATASET_FILE,
@@ -107,6 +111,8 @@ from ranker.schema import (
     TARGET,
     VOLUME,
 )
+from ranker.split import SplitConfig, split_dates
+from ranker.universe import LIQUID_THRESHOLD, UniverseConfig, full_period_liquid, liquid_rows
 
 SUMMARY_FILE = "synth.json"
 
@@ -163,9 +169,7 @@ SEED_SYMBOLS = 5644  # symbols at scale=1.0, as in the research data
 MIN_SYMBOLS = 10  # fewer cannot hold both liquid and illiquid names
 MIN_DATES = 2  # a market of one date has no next-day return to plant a signal in
 LIQUID_FRACTION = 0.18
-LIQUID_THRESHOLD = 50e6  # the notebook's rule: mean close*volume over the prices file
 LOOKBACK = 80  # price history before a symbol's first feature date
-IC_MIN_ROWS = 3  # a date enters the summary ICs with at least this many rows in the group
 ROWS_PER_GROUP = 65_536  # dataset rows per chunk (= parquet row group); bounds memory
 
 # Planted signal (see the module docstring).
@@ -202,6 +206,43 @@ _RISER_CROSS = (0.05, 0.6)
 _FALLER_CROSS = (0.35, 0.85)
 _MOVER_PREMIUM = 0.0015  # planted daily expected log return of a riser before it crosses
 _MOVER_GROWTH = 1.5  # shift of a mover's growth latents (revenue and earnings growth)
+
+# The planted relation (`structure`; see the module docstring): "simple" is the notebook-like
+# weak signal; "tuned" a stronger one living in interactions, where the hyperparameters matter.
+STRUCTURES = ("simple", "tuned")
+_TUNED_K_LIQUID = 0.0015
+_TUNED_K_ILLIQUID = 0.0034  # the simple market's ratio of the two
+_TUNED_NEWS_WEIGHT = 0.2
+_TUNED_FUND_WEIGHT = 1.5
+_TUNED_PRICE_WEIGHT = 1.0
+# (share of a fundamental's variance that moves, its daily AR(1) coefficient) in each structure.
+# The tuned market's fundamentals move fast: a name's planted interactions would otherwise
+# persist for months and show in its past returns, an easy linear proxy (the price features)
+# for any config.
+_FUND_DYNAMICS = {"simple": (_FUND_DYN, _FUND_RHO), "tuned": (0.8, 0.5)}
+# The pairs of fundamentals whose products carry most of the "tuned" signal: no two features of
+# a pair load on a common factor (so no product is a square of one factor in disguise), and
+# none is a feature of the simple market's fundamental terms. Then four pairs of price features.
+TUNED_FUND_PAIRS: tuple[tuple[str, str], ...] = (
+    ("ev_ebitda_z", "roa_z"),
+    ("pe_ratio_z", "gross_margin_z"),
+    ("ps_ratio_z", "operating_margin_z"),
+    ("pb_ratio_z", "market_cap_z"),
+    ("net_margin_z", "beta_z"),
+    ("current_ratio_z", "dividend_yield_z"),
+    ("earnings_growth_z", "market_cap_z"),
+    ("asset_turnover_z", "pe_ratio_z"),
+    ("interest_coverage_z", "dividend_yield_z"),
+    ("ev_ebitda_z", "current_ratio_z"),
+    ("ps_ratio_z", "net_margin_z"),
+    ("beta_z", "asset_turnover_z"),
+)
+TUNED_PRICE_PAIRS: tuple[tuple[str, str], ...] = (
+    ("ret_1d_z", "vol_5d_z"),
+    ("overnight_gap_z", "intraday_ret_z"),
+    ("dist_from_high_5d_z", "ret_3d_z"),
+    ("ret_2d_z", "dist_from_low_5d_z"),
+)
 
 
 def _holidays(start: np.datetime64, end: np.datetime64) -> np.ndarray:
@@ -265,6 +306,7 @@ class _Market:
     mover: np.ndarray | None = None  # (n,) int8
     trend: np.ndarray | None = None  # (n,) log change per feature date
     cross: np.ndarray | None = None  # (n,) feature-date index where it crosses $50M
+    structure: str = "simple"  # the planted relation, one of STRUCTURES
 
 
 def generate(
@@ -281,6 +323,7 @@ def generate(
     log: Callable[[str], None] | None = None,
     force: bool = False,
     liquidity: str = "static",
+    structure: str = "simple",
 ) -> dict:
     """Write a seeded synthetic market with a planted signal into `out_dir`.
 
@@ -300,14 +343,20 @@ def generate(
 
     Returns:
         The summary also written to `synth.json`: row and symbol counts, liquid symbols at the
-        $50M full-period rule, news fractions and the oracle's mean daily Spearman IC on liquid
-        and on illiquid news rows.
+        $50M full-period rule, news fractions, the oracle's mean daily Spearman IC on liquid
+        and on illiquid news rows (every date), and `oracle`: its mean IC, IC Sharpe, dates
+        and rows on the train, val and test news rows of `ranker.data.load(out_dir)`'s default
+        universe and split (None for a market too short to split).
 
         force: replace those files when they exist.
         liquidity: "static" (every symbol's liquidity constant: the notebook's universe rule
             and the point-in-time one pick the same names) or "moving" (risers grow into the
             liquid set and earn a premium before they do; fallers drop out; see the module
             docstring). The static market is the same, byte for byte, as before this switch.
+        structure: the planted relation: "simple" (the notebook-like weak signal; the same
+            market, byte for byte, as before this switch) or "tuned" (a stronger signal in
+            interactions of the fundamentals and of the price features, on which the search
+            grid's configs differ; see the module docstring).
 
     Raises:
         SynthError: a parameter is out of range, a date does not parse, `out_dir` is a file,
@@ -316,7 +365,7 @@ def generate(
     out = Path(out_dir)
     _check_out_dir(out, force)
     n_sym, days, price_days = _check_params(
-        scale, seed, n_symbols, n_dates, signal, emb_dim, start, end, liquidity
+        scale, seed, n_symbols, n_dates, signal, emb_dim, start, end, liquidity, structure
     )
     params = {
         "scale": scale,
@@ -330,15 +379,17 @@ def generate(
         "lookback": LOOKBACK,
         "liquid_threshold": LIQUID_THRESHOLD,
         "liquidity": liquidity,
+        "structure": structure,
     }
     say = log or (lambda _msg: None)
     out.mkdir(parents=True, exist_ok=True)
-    market = _make_market(n_sym, len(days), emb_dim, seed)
+    market = replace(_make_market(n_sym, len(days), emb_dim, seed), structure=structure)
     if liquidity == "moving":
         market = _with_movers(market, len(days), seed)
 
     summary = _write_market(out, market, days, price_days, signal, seed, emb_dim, say)
-    _write_json_atomic(out / SUMMARY_FILE, {"params": params, "summary": summary})
+    payload = {"params": params, "summary": summary}
+    storage.write_text(str(out / SUMMARY_FILE), json.dumps(payload, indent=2) + "\n")
     say(
         f"synth: wrote {summary['rows']:,} rows, {summary['symbols']:,} symbols "
         f"({summary['liquid_symbols']:,} liquid) to {out}"
@@ -372,7 +423,7 @@ def _write_market(
             for writer in writers.values():
                 stack.enter_context(writer)
             stats = _simulate(market, days, price_days, signal, seed, writers, say)
-        summary = _summarize(market, days, stats)
+        summary = _summarize(market, days, price_days, stats)
         complete = True
     finally:
         if not complete:
@@ -416,11 +467,14 @@ def check_params(
     signal: float = 1.0,
     emb_dim: int = 768,
     liquidity: str = "static",
+    structure: str = "simple",
 ) -> list[str]:
     """Every problem with `generate`'s parameters, one message each ([] when they are fine)."""
     problems = []
     if liquidity not in LIQUIDITY:
         problems.append(f"liquidity={liquidity!r}: must be one of {list(LIQUIDITY)}")
+    if structure not in STRUCTURES:
+        problems.append(f"structure={structure!r}: must be one of {list(STRUCTURES)}")
     if not (isinstance(seed, int | np.integer) and not isinstance(seed, bool) and seed >= 0):
         problems.append(f"seed={seed!r}: must be a non-negative integer, e.g. 0")
     if not (isinstance(scale, int | float) and math.isfinite(scale) and scale > 0):
@@ -445,13 +499,16 @@ def check_params(
     return problems
 
 
-def _check_params(scale, seed, n_symbols, n_dates, signal, emb_dim, start, end, liquidity):
+def _check_params(
+    scale, seed, n_symbols, n_dates, signal, emb_dim, start, end, liquidity, structure
+):
     """Validate the arguments of `generate`; return (n_symbols, feature days, price days).
 
     Raises:
         SynthError: every problem, in one message.
     """
-    problems = check_params(scale, seed, n_symbols, n_dates, signal, emb_dim, liquidity)
+    problems = check_params(scale, seed, n_symbols, n_dates, signal, emb_dim, liquidity,
+                            structure)  # fmt: skip
     if problems:
         raise SynthError("; ".join(problems))
     if n_symbols is None:
@@ -629,9 +686,11 @@ def _planted_mu(
     has_news: np.ndarray,
     liquid: np.ndarray,
     signal: float,
+    structure: str = "simple",
 ) -> np.ndarray:
     """The planted expected log return (n,) of rows with stored features fund (19, n) and
-    price (9, n), news projections news_z (H, n) and latent class liquid (n,)."""
+    price (9, n), news projections news_z (H, n) and latent class liquid (n,), under the
+    planted relation `structure`."""
 
     def c(x: np.ndarray) -> np.ndarray:
         return np.clip(x, -3.0, 3.0)
@@ -649,8 +708,22 @@ def _planted_mu(
     news_part = np.where(
         has_news, np.tanh(1.5 * news_z[0]) + flip * _NEWS_FLIP * c(news_z[1] * news_z[2]), 0.0
     )
-    k = np.where(liquid, _K_LIQUID, _K_ILLIQUID)
-    return signal * k * (price_part + fund_part + _NEWS_WEIGHT * news_part)
+    if structure == "simple":
+        k = np.where(liquid, _K_LIQUID, _K_ILLIQUID)
+        return signal * k * (price_part + fund_part + _NEWS_WEIGHT * news_part)
+    assert structure == "tuned", f"structure={structure!r}, expected one of {STRUCTURES}"
+    k = np.where(liquid, _TUNED_K_LIQUID, _TUNED_K_ILLIQUID)
+    inter = _TUNED_FUND_WEIGHT * _pair_sum(f, _F, TUNED_FUND_PAIRS)
+    inter += _TUNED_PRICE_WEIGHT * _pair_sum(p, _P, TUNED_PRICE_PAIRS)
+    return signal * k * (price_part + fund_part + _TUNED_NEWS_WEIGHT * news_part - flip * inter)
+
+
+def _pair_sum(
+    x: np.ndarray, index: dict[str, int], pairs: tuple[tuple[str, str], ...]
+) -> np.ndarray:
+    """(n,) sum over the named pairs (a, b) of tanh(x_a * x_b), for features x (k, n) whose
+    rows `index` names."""
+    return sum(np.tanh(x[index[a]] * x[index[b]]) for a, b in pairs)
 
 
 def _zscore(x: np.ndarray) -> np.ndarray:
@@ -700,9 +773,10 @@ class _Stats:
 
     rows: np.ndarray  # (n,) dataset rows per symbol
     news: np.ndarray  # (n,) news rows per symbol
-    dollar_volume: np.ndarray  # (n,) sum of close*volume over the prices file
-    price_rows: np.ndarray  # (n,)
-    news_rows: list[dict[str, np.ndarray]]  # per chunk: date, sym, mu, target of its news rows
+    # Per chunk, in the files' order: every dataset row's date index, symbol, news flag, oracle
+    # and target, and every prices row's price-date index, symbol and close*volume.
+    row_chunks: list[dict[str, np.ndarray]]
+    price_chunks: list[dict[str, np.ndarray]]
 
 
 class _Day:
@@ -720,6 +794,7 @@ class _Day:
         self.gap = np.zeros(n)  # overnight part of the last return
         rng = np.random.default_rng([seed, _STATIC_STREAM, 1])
         self.fund_dyn = rng.standard_normal((len(FUND_FEATURES), n))  # stationary AR(1) start
+        self.fund_moving, self.fund_rho = _FUND_DYNAMICS[market.structure]
         self.regime = 0.0  # log market volatility multiplier
         # Keeps each symbol's mean dollar volume at its target despite the news-day boost.
         self.volume_norm = 1.0 + (_NEWS_VOLUME - 1.0) * market.p_news
@@ -735,8 +810,8 @@ class _Day:
         m = self.market
         al = np.flatnonzero((m.first <= i) & (i < m.stop))
         latent = (
-            math.sqrt(1 - _FUND_DYN) * m.fund_static[:, al]
-            + math.sqrt(_FUND_DYN) * self.fund_dyn[:, al]
+            math.sqrt(1 - self.fund_moving) * m.fund_static[:, al]
+            + math.sqrt(self.fund_moving) * self.fund_dyn[:, al]
         )
         latent[_F["market_cap_z"]] = np.exp(latent[_F["market_cap_z"]])  # right-skewed, like caps
         phase = self.mover_phase(i, al)  # +1 a riser before it crosses, -1 a faller after
@@ -750,7 +825,7 @@ class _Day:
         emb, _ = _news_embeddings(m, m.sector[al[has_news]], rng)
         news_z = np.zeros((_N_HIDDEN, len(al)))
         news_z[:, has_news] = (m.hidden @ emb.astype(np.float64)) / m.proj_sd[:, None]
-        mu = _planted_mu(fund, price, news_z, has_news, m.liquid[al], self.signal)
+        mu = _planted_mu(fund, price, news_z, has_news, m.liquid[al], self.signal, m.structure)
         if m.mover is not None:  # a riser earns a premium until it has grown liquid
             mu = mu + self.signal * _MOVER_PREMIUM * phase
         return {
@@ -810,7 +885,8 @@ class _Day:
 
     def age_fundamentals(self, rng: np.random.Generator) -> None:
         shock = rng.standard_normal(self.fund_dyn.shape)
-        self.fund_dyn = _FUND_RHO * self.fund_dyn + math.sqrt(1 - _FUND_RHO**2) * shock
+        rho = self.fund_rho
+        self.fund_dyn = rho * self.fund_dyn + math.sqrt(1 - rho**2) * shock
 
 
 def _simulate(market, days, price_days, signal, seed, writers, say) -> _Stats:
@@ -822,13 +898,8 @@ def _simulate(market, days, price_days, signal, seed, writers, say) -> _Stats:
         np.bincount(market.stop, minlength=n_dates + 1)[:n_dates]
     )
     chunks = _plan_chunks(alive, ROWS_PER_GROUP)
-    stats = _Stats(
-        rows=np.zeros(n, np.int64),
-        news=np.zeros(n, np.int64),
-        dollar_volume=np.zeros(n),
-        price_rows=np.zeros(n, np.int64),
-        news_rows=[],
-    )
+    stats = _Stats(rows=np.zeros(n, np.int64), news=np.zeros(n, np.int64), row_chunks=[],
+                   price_chunks=[])  # fmt: skip
     day = _Day(market, signal, seed)
     began = time.monotonic()
     t_next = 0
@@ -871,8 +942,6 @@ def _simulate(market, days, price_days, signal, seed, writers, say) -> _Stats:
             prices["sym"].append(on.astype(np.int32))
             prices["close"].append(close)
             prices["volume"].append(volume)
-            stats.dollar_volume[on] += close * volume
-            stats.price_rows[on] += 1
             if t + 1 < n_price:
                 r = day.advance(mu_all, news_all, rng)
             if is_row_date:
@@ -882,10 +951,14 @@ def _simulate(market, days, price_days, signal, seed, writers, say) -> _Stats:
         t_next = t_stop
         assert row == n_rows, f"chunk {chunk_no}: filled {row} rows, planned {n_rows}"
         _write_chunk(writers, out, prices, days, price_days, symbols)
-        news = out["news"]
         np.add.at(stats.rows, out["sym"], 1)
-        np.add.at(stats.news, out["sym"][news], 1)
-        stats.news_rows.append({key: out[key][news] for key in ("date", "sym", "mu", "target")})
+        np.add.at(stats.news, out["sym"][out["news"]], 1)
+        stats.row_chunks.append({key: out[key] for key in ("date", "sym", "news", "mu", "target")})
+        stats.price_chunks.append({
+            "t": np.concatenate(prices["t"]),
+            "sym": np.concatenate(prices["sym"]),
+            "dollar_volume": np.concatenate(prices["close"]) * np.concatenate(prices["volume"]),
+        })  # fmt: skip
         say(
             f"synth: dates {i1}/{n_dates}, rows {int(stats.rows.sum()):,}, "
             f"{time.monotonic() - began:.0f}s"
@@ -961,52 +1034,25 @@ def _oracle_schema() -> pa.Schema:
     )
 
 
-def _mean_daily_ic(
-    date: np.ndarray, score: np.ndarray, ret: np.ndarray, min_rows: int = IC_MIN_ROWS
-) -> float:
-    """Mean over dates of the Spearman correlation of score and ret among that date's rows.
-
-    Rows must be sorted by `date`; dates with fewer than `min_rows` rows are skipped.
-    Returns NaN when no date qualifies.
-    """
-    if len(date) == 0:
-        return float("nan")
-    cuts = np.flatnonzero(np.diff(date)) + 1
-    ics = []
-    for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(date)], strict=True):
-        if hi - lo < min_rows:
-            continue
-        a = np.argsort(np.argsort(score[lo:hi]))
-        b = np.argsort(np.argsort(ret[lo:hi]))
-        if a.std() > 0 and b.std() > 0:
-            ics.append(np.corrcoef(a, b)[0, 1])
-    return float(np.mean(ics)) if ics else float("nan")
-
-
-def _summarize(market: _Market, days: np.ndarray, stats: _Stats) -> dict:
+def _summarize(market: _Market, days: np.ndarray, price_days: np.ndarray, stats: _Stats) -> dict:
     """The summary of a generated market (what `generate` returns and writes to synth.json)."""
-    liquid_rule = stats.dollar_volume / np.maximum(stats.price_rows, 1) >= LIQUID_THRESHOLD
-    date, sym, mu, target = (
-        np.concatenate([chunk[key] for chunk in stats.news_rows])
-        for key in ("date", "sym", "mu", "target")
-    )
-    ret = np.expm1(target)
+    rows = {key: np.concatenate([c[key] for c in stats.row_chunks]) for key in stats.row_chunks[0]}
+    prices = {key: np.concatenate([c[key] for c in stats.price_chunks])
+              for key in stats.price_chunks[0]}  # fmt: skip
+    liquid_rule, _ = full_period_liquid(prices["sym"], prices["dollar_volume"], len(market.names),
+                                        LIQUID_THRESHOLD)  # fmt: skip
     liq_rows = int(stats.rows[liquid_rule].sum())
     ill_rows = int(stats.rows[~liquid_rule].sum())
     liq_news = int(stats.news[liquid_rule].sum())
     ill_news = int(stats.news[~liquid_rule].sum())
-    on = liquid_rule[sym]
-
-    def nan_to_none(x: float) -> float | None:
-        return None if math.isnan(x) else round(x, 5)
-
+    oracle = _oracle_figures(rows, prices, days, price_days, len(market.names))
     return {
         "rows": int(stats.rows.sum()),
         "symbols": len(market.names),
         "dates": len(days),
         "first_date": str(days[0]),
         "last_date": str(days[-1]),
-        "price_rows": int(stats.price_rows.sum()),
+        "price_rows": len(prices["sym"]),
         "liquid_symbols": int(liquid_rule.sum()),
         "liquid_rule_mismatches": int((liquid_rule != market.liquid).sum()),
         "liquid_rows": liq_rows,
@@ -1014,10 +1060,65 @@ def _summarize(market: _Market, days: np.ndarray, stats: _Stats) -> dict:
         "liquid_news_rows": liq_news,
         "news_fraction_liquid": round(liq_news / max(liq_rows, 1), 4),
         "news_fraction_illiquid": round(ill_news / max(ill_rows, 1), 4),
-        "oracle_ic_liquid_news": nan_to_none(_mean_daily_ic(date[on], mu[on], ret[on])),
-        "oracle_ic_illiquid_news": nan_to_none(_mean_daily_ic(date[~on], mu[~on], ret[~on])),
-        "ic_min_rows": IC_MIN_ROWS,
+        **oracle,
         **({} if market.mover is None else {"movers": _movers(market, days)}),
+    }
+
+
+def _oracle_figures(
+    rows: dict[str, np.ndarray],
+    prices: dict[str, np.ndarray],
+    days: np.ndarray,
+    price_days: np.ndarray,
+    n_symbols: int,
+) -> dict:
+    """The planted oracle's IC, as the backtests' oracle figures compute it.
+
+    On the rows the default pipeline (`ranker.data.load(dir)`) uses: the liquid rows of
+    `UniverseConfig()` (`ranker.universe.liquid_rows`), split by `SplitConfig()`'s dates
+    (`ranker.split.split_dates`), its news rows; and on every date of the liquid and of the
+    illiquid news rows. Each is `ranker.metrics.evaluate_bounds`, so `oracle.test.mean_ic` is
+    `ranker.backtest.backtest(ds.test, ds.test.oracle, k).oracle["mean_ic"]` to the last digit.
+
+    Args:
+        rows: every dataset row's `date` (index into `days`), `sym`, `news`, `mu`, `target`,
+            sorted by (date, symbol) as the files and the Panels are.
+        prices: every prices row's `t` (index into `price_days`), `sym`, `dollar_volume`, in
+            the prices file's order.
+    """
+    universe, split = UniverseConfig(), SplitConfig()
+    day = days.astype(np.int64)[rows["date"]]  # days since 1970-01-01, as the loader's keys
+    p_day = price_days.astype(np.int64)[prices["t"]]
+    liquid = liquid_rows(universe, prices["sym"], p_day, prices["dollar_volume"], rows["sym"],
+                         day, n_symbols)  # fmt: skip
+    news = rows["news"]
+    used = liquid & news if split.news_only else liquid
+    ret = np.expm1(rows["target"])
+
+    def ic(mask: np.ndarray) -> dict[str, float | int]:
+        _, counts = np.unique(day[mask], return_counts=True)
+        bounds = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        m = evaluate_bounds(bounds, rows["mu"][mask], ret[mask])
+        return {"mean_ic": m["mean_ic"], "ic_sharpe": m["ic_sharpe"], "n_dates": m["n_dates"],
+                "rows": int(mask.sum())}  # fmt: skip
+
+    try:
+        val_start, test_start = split_dates(np.unique(day[liquid]), split)
+        periods = {"train": day < val_start, "val": (day >= val_start) & (day < test_start),
+                   "test": day >= test_start}  # fmt: skip
+    except ValueError:  # too few liquid dates to split: the loader refuses this market
+        periods = {}
+    splits = {name: ic(used & periods[name]) if periods else None
+              for name in ("train", "val", "test")}  # fmt: skip
+    every = {"liquid": ic(liquid & news), "illiquid": ic(~liquid & news)}
+    return {
+        # Every date of the news rows; None when no date has MIN_NAMES of them.
+        "oracle_ic_liquid_news": every["liquid"]["mean_ic"] if every["liquid"]["n_dates"] else None,
+        "oracle_ic_illiquid_news": (
+            every["illiquid"]["mean_ic"] if every["illiquid"]["n_dates"] else None
+        ),
+        "ic_min_names": MIN_NAMES,
+        "oracle": {"universe": universe.to_dict(), "split": split.to_dict(), **splits},
     }
 
 
@@ -1039,9 +1140,3 @@ def _movers(market: _Market, days: np.ndarray) -> dict:
             for i in idx
         },
     }
-
-
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)

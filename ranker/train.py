@@ -170,6 +170,21 @@ class TrainState:
             "history": [dict(h) for h in p.history], "seconds": p.seconds, "restored": p.restored,
         }  # fmt: skip
 
+    def last_evaluation(self) -> Evaluation:
+        """The evaluation this state was saved after, as `fit` handed it to `on_eval` (restored
+        once more): what a run resumed from the state of a finished run reports, since `fit`
+        has no epoch left to train."""
+        p = self.progress
+        last = p.history[-1]
+        again = replace(p, restored=p.restored + 1)
+        state = replace(self, progress=again)
+        return Evaluation(
+            epoch=p.epoch, metrics={k: v for k, v in last.items() if k in METRICS},
+            train_loss=last["train_loss"], is_best=p.best_epoch == p.epoch,
+            best_epoch=p.best_epoch, best_metrics=dict(p.best_metrics), seconds=p.seconds,
+            restored=again.restored, state=lambda: state,
+        )  # fmt: skip
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainState:
         progress = Progress(

@@ -20,12 +20,13 @@ import numpy as np
 from ranker.config import ConfigError
 
 MODES = ("full_period", "trailing")
+LIQUID_THRESHOLD = 50e6  # the notebook's rule: $50M mean daily dollar volume (close x volume)
 
 
 @dataclass(frozen=True)
 class UniverseConfig:
     mode: str = "full_period"
-    threshold: float = 50e6
+    threshold: float = LIQUID_THRESHOLD
     window: int = 60
 
     def __post_init__(self) -> None:
@@ -44,6 +45,31 @@ class UniverseConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def liquid_rows(
+    cfg: UniverseConfig,
+    price_symbols: np.ndarray,
+    price_days: np.ndarray,
+    dollar_volume: np.ndarray,
+    row_symbols: np.ndarray,
+    row_days: np.ndarray,
+    n_symbols: int,
+) -> np.ndarray:
+    """(N,) bool: the rows liquid under `cfg`'s rule (`full_period_liquid` of each row's
+    symbol, or `trailing_liquid`).
+
+    Args:
+        price_symbols, price_days, dollar_volume: (M,) prices rows (symbol code, day number,
+            close x volume), in the prices file's order.
+        row_symbols, row_days: (N,) the rows to classify.
+        n_symbols: number of symbol codes.
+    """
+    if cfg.mode == "full_period":
+        liquid, _ = full_period_liquid(price_symbols, dollar_volume, n_symbols, cfg.threshold)
+        return liquid[row_symbols]
+    return trailing_liquid(price_symbols, price_days, dollar_volume, row_symbols, row_days,
+                           cfg.threshold, cfg.window)  # fmt: skip
 
 
 def full_period_liquid(

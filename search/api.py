@@ -27,9 +27,18 @@ from ranker import storage
 from ranker.config import ConfigError
 from ranker.data import DataError
 from ranker.synth import SynthError
+from search import lease
 from search import spec as specmod
-from search.errors import Interrupted, RunDirError, SearchError, SpecError
-from search.rundir import SPEC_FILE, RunDir
+from search.errors import (
+    Interrupted,
+    RunBusy,
+    RunDirError,
+    SearchError,
+    SpecError,
+    StorageFault,
+    storage_fault,
+)
+from search.rundir import LEASE_FILE, SPEC_FILE, RunDir
 from search.spec import SearchSpec
 
 if TYPE_CHECKING:  # imported where a view is made: it needs pandas and ray, `train` neither
@@ -182,7 +191,7 @@ def train(
     log.info(f"training {sp.train.epochs} epochs on {len(ds.train):,} rows ({threads} thread(s))")
     result = fit(sp.model, sp.train, ds.train, ds.val, log=log.info)
     bt = backtest(ds.test, score(result.model, ds.test), sp.train.k, sp.costs)
-    summary: dict[str, Any] = {
+    doc: dict[str, Any] = {
         "val": result.metrics,
         "test": bt.metrics,
         "best_epoch": result.best_epoch,
@@ -192,13 +201,13 @@ def train(
         "precision": sp.train.precision,
     }
     if bt.oracle is not None:
-        summary["oracle_test"] = bt.oracle
+        doc["oracle_test"] = bt.oracle
     if out is not None:
         checkpoint.save(out, result.model, ds.columns, train_config=sp.train.to_dict(),
                         universe=sp.universe.to_dict(),
-                        metrics={"val": summary["val"], "test": summary["test"]})  # fmt: skip
-        summary["checkpoint"] = storage.absolute(out)
-    return summary
+                        metrics={"val": result.metrics, "test": bt.metrics})  # fmt: skip
+        doc["checkpoint"] = storage.absolute(out)
+    return doc
 
 
 def _out_problem(out: str, force: bool) -> list[str]:
@@ -271,17 +280,15 @@ def run(
     root = run_storage(sp.storage)
     storage.check_dir(root, create=True, what="storage")
     rd = RunDir(storage.join(root, sp.name or time.strftime("run-%Y%m%d-%H%M%S")))
+    _not_busy(rd)
     if rd.is_run():
-        raise RunDirError(
-            f"{rd.path} already holds a run. Fix: `liquid-search resume {rd.path}` to continue "
-            f"it, or pass another --name."
-        )
-    if storage.listdir(rd.path):
+        raise RunDirError(_holds_a_run(rd))
+    if set(storage.listdir(rd.path)) - {LEASE_FILE}:
         raise RunDirError(
             f"{rd.path} exists and holds files that are not a run. Fix: pass another --name."
         )
-    return _execute(rd, sp, data_source(sp, data), address, verbose, on_start,
-                    precision=_precision_line(asked, sp))  # fmt: skip
+    return _execute(rd, sp, data_source(sp, data), address, verbose, on_start, command="run",
+                    fresh=True, precision=_precision_line(asked, sp))  # fmt: skip
 
 
 def resume(
@@ -317,7 +324,7 @@ def resume(
         return _view(rd)
     info = rd.read_info()
     source = data or (info.source if info else None) or data_source(sp)
-    return _execute(rd, sp, source, address, verbose, on_start,
+    return _execute(rd, sp, source, address, verbose, on_start, command="resume",
                     new_spec=sp if sp != old else None)  # fmt: skip
 
 
@@ -371,7 +378,7 @@ def rerun_stage(
     if source is None:
         raise RunDirError(f"{rd.path} records no data source. Fix: pass --data.")
     rerun = names[idx:] if cont else [stage]
-    return _execute(rd, sp, source, address, verbose, on_start, rerun=rerun,
+    return _execute(rd, sp, source, address, verbose, on_start, command="stage", rerun=rerun,
                     stop_after=None if cont else stage)  # fmt: skip
 
 
@@ -383,12 +390,24 @@ def _execute(
     verbose: bool,
     on_start: Started | None,
     *,
+    command: str,
+    fresh: bool = False,
     new_spec: SearchSpec | None = None,
     precision: str | None = None,
-    **kw: Any,
+    rerun: list[str] | None = None,
+    stop_after: str | None = None,
 ) -> RunView:
-    """Load and check the data (before Ray: bad input writes nothing), connect, check the
-    cluster, then run; record how the driver stopped in run.json."""
+    """Load and check the data (before Ray: bad input writes nothing), take the run
+    directory's lease (one driver per run), connect, check the cluster, then run; record how
+    the driver stopped in run.json and give the lease back.
+
+    Args:
+        command: run, resume or stage (recorded in the lease).
+        fresh: a new run: the directory must not hold one once the lease is taken.
+
+    Raises:
+        RunBusy: another driver holds the run. StorageFault: the storage failed mid-run.
+    """
     from search import connect, driver, tracking
     from search.source import load_data
 
@@ -398,28 +417,61 @@ def _execute(
     if info is not None:
         info.check_same_data(ds, source, rd.path)
     log.info(precision or _precision_line(sp, sp))
+    _not_busy(rd)  # a second driver refuses before it starts Ray
     connect.init(address, verbose=verbose)
     connect.check_storage(rd.path)
     connect.check_resources(sp.resources.cpu, sp.resources.gpu, sp.resources.autoscale)
-    if new_spec is not None:
-        rd.write_spec(new_spec)
-        log.info(f"{rd.path}: the spec now has the overrides (spec.yaml rewritten)")
-    log.info(f"run directory: {rd.path}")
-    if on_start is not None:
-        on_start(rd.path)
-    outcome = "failed"
-    try:
-        summary = driver.run(sp, rd, ds, source, **kw)
-        outcome = "complete" if summary is not None else f"stopped after {kw.get('stop_after')}"
-    except (Interrupted, KeyboardInterrupt):
-        outcome = "interrupted"
-        raise
-    except SearchError as e:
-        outcome = f"failed: {e}"
-        raise
-    finally:
-        rd.mark_ended(outcome)
+    with lease.Lease.acquire(rd, command):  # before anything of the run is written
+        if fresh and rd.is_run():  # another driver made it while this one loaded the data
+            raise RunDirError(_holds_a_run(rd))
+        if new_spec is not None:
+            rd.write_spec(new_spec)
+            log.info(f"{rd.path}: the spec now has the overrides (spec.yaml rewritten)")
+        log.info(f"run directory: {rd.path}")
+        if on_start is not None:
+            on_start(rd.path)
+        outcome = "failed"
+        try:
+            summary = driver.run(sp, rd, ds, source, rerun=rerun, stop_after=stop_after)
+            outcome = "complete" if summary is not None else f"stopped after {stop_after}"
+        except (Interrupted, KeyboardInterrupt):
+            outcome = "interrupted"
+            raise
+        except StorageFault as e:
+            outcome = f"storage fault: {e}"
+            raise
+        except SearchError as e:
+            outcome = f"failed: {e}"
+            raise
+        except OSError as e:  # a write or read of the run's storage failed mid-run
+            fault = storage_fault(e, rd.path)
+            outcome = f"storage fault: {fault}"
+            raise fault from None
+        finally:
+            _mark_ended(rd, outcome)
     return _view(rd)
+
+
+def _not_busy(rd: RunDir) -> None:
+    """Raises RunBusy when a live driver holds the run directory's lease."""
+    held = lease.read(rd)
+    if held is not None and not held.dead():
+        raise RunBusy(lease.busy_line(rd, held))
+
+
+def _mark_ended(rd: RunDir, outcome: str) -> None:
+    """Record how the driver stopped; a storage that fails here has been reported already."""
+    try:
+        rd.mark_ended(outcome)
+    except OSError:  # the storage fails: the run's last line says so
+        pass
+
+
+def _holds_a_run(rd: RunDir) -> str:
+    return (
+        f"{rd.path} already holds a run. Fix: `liquid-search resume {rd.path}` to continue it, "
+        f"or pass another --name."
+    )
 
 
 # ---------------------------------------------------------------- reading a run

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 from search import api
 from search import spec as specmod
-from search.errors import Interrupted
+from search.errors import Interrupted, storage_error
 
 log = logging.getLogger("liquid_search")
 
@@ -96,6 +96,10 @@ def _quiet_tune(verbose: bool) -> None:
         return
     # Tune logs every failed attempt of a trial with its traceback; one line says it.
     logging.getLogger("ray.tune.execution.tune_controller").addFilter(OneLineErrors())
+    # While the run's storage fails, Ray's syncer and Tune's snapshots log a traceback on every
+    # attempt; the run ends with one line that names the storage and the fix instead.
+    for handler in logging.getLogger("ray").handlers:
+        handler.addFilter(StorageNoise())
     # On Ctrl-C Tune advises `Tuner.restore(...)`; our error line gives the command that resumes
     # the whole run instead.
     logging.getLogger("ray.tune.tune").addFilter(NoTunerRestoreHint())
@@ -193,10 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class NoTunerRestoreHint(logging.Filter):
-    """Drops Tune's 'resume with Tuner.restore(...)' advice (`liquid-search resume` is ours)."""
+    """Drops Tune's 'resume with Tuner.restore(...)' advice (`liquid-search resume` is ours) and
+    its list of the trials that did not complete (our lines say which and why)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Tuner.restore(" not in record.getMessage()
+        text = record.getMessage()
+        return "Tuner.restore(" not in text and "Trials did not complete" not in text
 
 
 class OneLineErrors(logging.Filter):
@@ -211,6 +217,24 @@ class OneLineErrors(logging.Filter):
             record.msg = f"{record.getMessage()}: {last} (--verbose shows the traceback)"
             record.args, record.exc_info, record.exc_text = (), None, None
         return True
+
+
+class StorageNoise(logging.Filter):
+    """Drops Ray's and Tune's own reports of a failing storage (a sync or a snapshot that could
+    not be written, a trial whose checkpoint could not be saved): `liquid-search` ends the run
+    with one line that says it (`search.errors.StorageFault`). --verbose keeps them."""
+
+    SIGNS = ("no space left", "read-only file system", "aws error", "sync operation failed",
+             "last sync command failed", "saving experiment state to storage",
+             "trial controller checkpointing failed", "when uploading", "when writing",
+             "when deleting", "when creating", "when listing", "errno 28", "errno 30")  # fmt: skip
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and storage_error(exc) is not None:
+            return False
+        text = record.getMessage().lower()
+        return not any(sign in text for sign in self.SIGNS)
 
 
 def setup_logging() -> None:

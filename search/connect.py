@@ -102,7 +102,7 @@ def init(address: str | None, *, verbose: bool = False) -> Any:
         # (silent at verbose=0) output engine that this process uses, or it prints its own
         # configuration box and progress for every stage. And Ray Client prints every line a
         # worker writes twice; our progress lines come back through a queue instead
-        # (stages.Progress).
+        # (stages.StageProgress).
         kwargs["runtime_env"] = {"env_vars": {"RAY_AIR_NEW_OUTPUT": "0"}}
         kwargs["log_to_driver"] = False
     try:

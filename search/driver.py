@@ -7,6 +7,7 @@ finished trials, the rest run; each stage starts from the best point of the one 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import replace
@@ -21,6 +22,7 @@ from search.analysis import analyze
 from search.errors import Interrupted
 from search.final import run_final
 from search.report import write_report
+from search.results import Summary
 from search.rundir import Best, RunDir, RunInfo
 from search.spec import SearchSpec
 from search.stages import run_stage
@@ -58,7 +60,7 @@ def run(
     *,
     rerun: list[str] | None = None,
     stop_after: str | None = None,
-) -> dict[str, Any] | None:
+) -> Summary | None:
     """Run (or continue) a search in `run_dir` on the loaded data `ds` (from `source`).
 
     Stages with a best.json are kept; a stage whose experiment exists without one is resumed
@@ -105,7 +107,7 @@ def _search(
     rerun_set: set[str],
     stop_after: str | None,
     tracker: Tracker | None,
-) -> dict[str, Any] | None:
+) -> Summary | None:
     """The stages in order, each from the best of the one before, then the final models, the
     analysis and the report; the summary (None when stopped after a stage)."""
     base_model, base_train = spec.model, spec.train
@@ -121,7 +123,7 @@ def _search(
             data = {"train": refs["train"], "val": refs["val"]}
             best = run_stage(spec, st, run_dir, base_model, base_train, data, tracker)
             if tracker is not None:
-                tracker.log_stage(st.name, best.point, best.value)
+                tracker.log_stage(best)
         else:
             log.info(
                 f"[{st.name}] already done: best {best.metric} {best.value:.3f} at {best.point}"
@@ -134,11 +136,10 @@ def _search(
             return None
     summary = run_final(spec, run_dir, base_model, base_train, refs, ds, bests)
     loaded = run_dir.load()
-    loaded.analysis = analyze(loaded, ds.test, spec.train.k)
-    loaded.summary = summary
-    run_dir.write_analysis(loaded.analysis)
+    analysis = analyze(loaded, ds.test, spec.train.k)
+    run_dir.write_analysis(analysis)
     path = run_dir.write_summary(summary)  # last: its presence marks the run complete
-    md, html = write_report(loaded)
-    log.info(f"summary: {path}; checkpoint: {summary['checkpoint']}")
+    md, html = write_report(dataclasses.replace(loaded, analysis=analysis, summary=summary))
+    log.info(f"summary: {path}; checkpoint: {summary.checkpoint}")
     log.info(f"report: {html} ({md})")
     return summary

@@ -3,6 +3,8 @@ problem and the fix) and exits non-zero; library code raises them and never exit
 
 from __future__ import annotations
 
+from ranker import storage
+
 
 class SearchError(Exception):
     """A problem the user can fix; the message names it and says how."""
@@ -42,7 +44,50 @@ class ClusterError(SearchError):
     """The cluster cannot run the search as asked: connection, resources or storage."""
 
 
+class RunBusy(SearchError):
+    """Another driver, alive, holds the run directory's lease (`search.lease`)."""
+
+    exit_code = 4
+
+
+class StorageFault(SearchError):
+    """The run's storage failed while the run was writing to it (out of space, read-only or
+    gone, an object store that refuses or does not answer). What was written before stays
+    readable; once the storage is back, `resume` continues the run to the same result."""
+
+    exit_code = 3
+
+
 class Interrupted(SearchError):
     """The run was stopped (Ctrl-C, SIGTERM) before it finished; `resume` continues it."""
 
     exit_code = 130
+
+
+def storage_fault(e: BaseException, run_path: str, doing: str = "") -> StorageFault:
+    """The one line of a storage failure mid-run: which storage, what was being written (the
+    failing path, when the error names one), what happened, and the fix."""
+    what, fix = storage.describe_fault(e)
+    if fix == "check the storage":  # the error says too little: look at the storage itself
+        what, fix = storage.diagnose(run_path) or (what, fix)
+    path = getattr(e, "filename", None) or ""
+    where = f" ({doing or 'writing'} {path})" if path else (f" ({doing})" if doing else "")
+    return StorageFault(
+        f"the run's storage failed at {run_path}{where}: {what}. Everything written before is "
+        f"kept. Fix: {fix}, then `liquid-search resume {run_path}` continues the run to the "
+        f"same result."
+    )
+
+
+def storage_error(error: BaseException | None) -> OSError | None:
+    """The storage error behind a trial's error, if that is what ended it: an OSError (out of
+    space, a read-only or vanished path, an object store that refused or did not answer) raised
+    as the trial wrote its checkpoint, as Tune hands it back (wrapped in Ray's task error)."""
+    found = None
+    for _ in range(8):  # the innermost OSError: Ray's wrapper is one too, and says less
+        if error is None:
+            break
+        if isinstance(error, OSError):
+            found = error
+        error = getattr(error, "cause", None) or error.__cause__
+    return found

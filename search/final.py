@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -32,12 +32,24 @@ from ranker.data import Dataset
 from ranker.model import Ensemble, ModelConfig
 from ranker.panel import Panel
 from ranker.train import TrainConfig, fit, score
+from search.results import (
+    Difference,
+    MemberResult,
+    ModelResult,
+    RuleResult,
+    SearchVsBase,
+    StageChoice,
+    Summary,
+    Universes,
+    mean_std,
+)
 from search.rundir import Best, RunDir, Series
-from search.spec import REPLICATE_SEED_STRIDE, SearchSpec
+from search.spec import SearchSpec
 
 log = logging.getLogger("liquid_search")
 
 COMPARED = ("mean_ic", "ic_sharpe", "ls_sharpe")  # test metrics compared over seeds
+FINAL, BASE, BASELINE = "final", "base", "baseline"  # the roles (names of their series files)
 
 
 @dataclass
@@ -74,12 +86,6 @@ def _train_task(
     )  # fmt: skip
 
 
-def seeds(spec: SearchSpec) -> list[int]:
-    """The training seeds of the final models: the spec's seed, then one stride apart (as a
-    stage's replicates), so the first seed's model is the single final model of one seed."""
-    return [spec.train.seed + REPLICATE_SEED_STRIDE * i for i in range(spec.final.seeds)]
-
-
 def run_final(
     spec: SearchSpec,
     run: RunDir,
@@ -88,49 +94,59 @@ def run_final(
     refs: dict[str, Any],
     ds: Dataset,
     bests: list[Best],
-) -> dict[str, Any]:
+) -> Summary:
     """Train the final models, the base config's and the baseline's, test them, save; the
     summary."""
     tc = replace(train_cfg, epochs=spec.final.epochs)
-    roles = {"final": (model_cfg, tc, "train")}
+    roles = {FINAL: (model_cfg, tc, "train")}
     base = (spec.model, replace(spec.train, epochs=spec.final.epochs))
     same_as_base = (base[0], base[1]) == (model_cfg, tc)
     if spec.final.compare_base and not same_as_base:
-        roles["base"] = (*base, "train")
+        roles[BASE] = (*base, "train")
     if "full_train" in refs:
-        roles["baseline"] = (model_cfg, tc, "full_train")
+        roles[BASELINE] = (model_cfg, tc, "full_train")
     trained = _train_all(spec, roles, refs)
+    members = trained[FINAL]
     if spec.final.compare_base and same_as_base:
-        trained["base"] = trained["final"]  # the search selected its starting point
-    parts = {role: _evaluate(role, members, ds, tc.k, spec, run)
-             for role, members in trained.items()}  # fmt: skip
-    ensemble = Ensemble.from_states(trained["final"][0].config,
-                                    [m.state for m in trained["final"]])  # fmt: skip
-    metrics = {"val": parts["final"]["val"], "test": parts["final"]["test"]}
+        trained[BASE] = members  # the search selected its starting point
+    parts = {role: _evaluate(role, ms, ds, tc.k, spec, run) for role, ms in trained.items()}
+    ensemble = Ensemble.from_states(members[0].config, [m.state for m in members])
+    final = replace(parts[FINAL], model=members[0].config, train=tc.to_dict())
+    metrics = {"val": final.val, "test": final.test}
     checkpoint.save(run.model_path(), ensemble, ds.columns, train_config=tc.to_dict(),
                     universe=ds.universe.to_dict(), metrics=metrics,
-                    extra={"seeds": seeds(spec)})  # fmt: skip
-    keep = ("stage", "metric", "value", "replicate_std", "point", "model", "train", "trials",
-            "errors", "wall_seconds")  # fmt: skip
-    summary = {
-        "run_dir": run.path,
-        "metric": spec.train.metric,
-        "stages": [{k: v for k, v in asdict(b).items() if k in keep} for b in bests],
-        "final": {"model": trained["final"][0].config, "train": tc.to_dict(), **parts["final"]},
-        "baseline": parts.get("baseline"),
-        "base_config": None,
-        "search_vs_base": None,
-        "universes": _universes(ensemble, ds, tc.k, spec, run),
-        "checkpoint": run.model_path(),
-        "data": ds.info,
-        "costs_model": asdict(spec.costs),
-    }
-    if "base" in parts:
-        summary["base_config"] = {"model": base[0].to_dict(), "train": base[1].to_dict(),
-                                  **parts["base"], "same_as_final": same_as_base}  # fmt: skip
-        summary["search_vs_base"] = compare_seeds(parts["final"], parts["base"], same_as_base)
-    _say_results(summary, spec.train.metric)
+                    extra={"seeds": _seeds(spec)})  # fmt: skip
+    based = None
+    if BASE in parts:
+        based = replace(parts[BASE], model=base[0].to_dict(), train=base[1].to_dict(),
+                        same_as_final=same_as_base)  # fmt: skip
+    summary = Summary(
+        run_dir=run.path,
+        metric=spec.train.metric,
+        stages=tuple(_choice(b) for b in bests),
+        final=final,
+        checkpoint=run.model_path(),
+        data=ds.info,
+        costs_model=spec.costs,
+        baseline=parts.get(BASELINE),
+        base=based,
+        search_vs_base=compare_seeds(final, based, same_as_base) if based else None,
+        universes=_universes(ensemble, ds, tc.k, spec, run),
+    )
+    for line in result_lines(summary):
+        log.info(line)
     return summary
+
+
+def _seeds(spec: SearchSpec) -> list[int]:
+    return spec.final.member_seeds(spec.train.seed)
+
+
+def _choice(b: Best) -> StageChoice:
+    return StageChoice(stage=b.stage, metric=b.metric, value=b.value,
+                       replicate_std=b.replicate_std, point=b.point, model=b.model,
+                       train=b.train, trials=b.trials, errors=b.errors,
+                       wall_seconds=b.wall_seconds, significance=b.significance)  # fmt: skip
 
 
 def _train_all(
@@ -149,61 +165,49 @@ def _train_all(
         (role, seed): _train_task.options(**res).remote(
             mc.to_dict(), replace(tc, seed=seed).to_dict(), refs[train], refs["val"],
             refs["test"], *args)
-        for role, (mc, tc, train) in roles.items() for seed in seeds(spec)
+        for role, (mc, tc, train) in roles.items() for seed in _seeds(spec)
     }  # fmt: skip
     done = dict(zip(jobs, ray.get(list(jobs.values())), strict=True))
-    return {role: [done[(role, seed)] for seed in seeds(spec)] for role in roles}
+    return {role: [done[(role, seed)] for seed in _seeds(spec)] for role in roles}
 
 
 def _evaluate(
     role: str, members: list[Trained], ds: Dataset, k: int, spec: SearchSpec, run: RunDir
-) -> dict[str, Any]:
-    """One role's part of the summary: its ensemble's backtests on val and test (per-date
-    series written to the run), costs, the oracle's test metrics, and each seed's own."""
+) -> ModelResult:
+    """One role's result: its ensemble's backtests on val and test (per-date series written to
+    the run), costs, the oracle's test metrics, and each member's own."""
     for i, m in enumerate(members):
         for line in m.log:
             log.info(f"[{role} {i}]{line}")
     ensemble = Ensemble.from_states(members[0].config, [m.state for m in members])
     bt = backtest(ds.test, score(ensemble, ds.test), k, spec.costs)
     bv = backtest(ds.val, score(ensemble, ds.val), k, spec.costs)
-    if role != "base":  # the base config is summarized; only the models in use get series
+    if role != BASE:  # the base config is summarized; only the models in use get series
         run.write_final_series(role, "test", Series.from_daily(bt.daily, ds.test))
         run.write_final_series(role, "val", Series.from_daily(bv.daily, ds.val))
-    per_seed = [{"seed": int(m_seed), "val": m.val,
-                 "test": backtest(ds.test, m.test_scores, k).metrics,
-                 "best_epoch": m.best_epoch, "seconds": m.seconds}
-                for m, m_seed in zip(members, seeds(spec), strict=True)]  # fmt: skip
-    part = {
-        "val": bv.metrics, "test": bt.metrics, "costs": bt.costs, "seeds": per_seed,
-        "seed_spread": {key: _mean_std([s["test"][key] for s in per_seed]) for key in COMPARED},
-        "best_epoch": members[0].best_epoch, "seconds": sum(m.seconds for m in members),
-        "device": members[0].device, "history": members[0].history, **members[0].gpu,
-    }  # fmt: skip
-    if bt.oracle is not None:
-        part["oracle_test"] = bt.oracle
-    return part
+    own = tuple(
+        MemberResult(seed=int(seed), val=m.val, test=backtest(ds.test, m.test_scores, k).metrics,
+                     best_epoch=m.best_epoch, seconds=m.seconds)
+        for m, seed in zip(members, _seeds(spec), strict=True)
+    )  # fmt: skip
+    gpu = members[0].gpu
+    return ModelResult(
+        val=bv.metrics, test=bt.metrics, costs=bt.costs, members=own,
+        seed_spread={key: mean_std([x.test[key] for x in own]) for key in COMPARED},
+        best_epoch=members[0].best_epoch, seconds=sum(m.seconds for m in members),
+        device=members[0].device, history=tuple(members[0].history), oracle_test=bt.oracle,
+        gpu=gpu.get("gpu", ""), gpu_peak_mb=gpu.get("gpu_peak_mb", math.nan),
+    )  # fmt: skip
 
 
-def _mean_std(values: list[float]) -> dict[str, float]:
-    """mean and sample std (ddof=1; NaN for one value) of per-seed metrics."""
-    x = np.asarray(values, dtype=np.float64)
-    return {"mean": float(x.mean()), "std": float(x.std(ddof=1)) if len(x) > 1 else math.nan,
-            "n": len(x)}  # fmt: skip
-
-
-def compare_seeds(
-    final: dict[str, Any], base: dict[str, Any], same: bool = False
-) -> dict[str, Any]:
+def compare_seeds(final: ModelResult, base: ModelResult, same: bool = False) -> SearchVsBase:
     """Did the search pay? Per compared test metric, the difference of the seeds' means (final
-    minus base) and its standard error (Welch: sqrt(s1²/n1 + s2²/n2)); and one sentence on
-    whether the mean IC difference is larger than the seed noise (more than two standard
-    errors)."""
-    out: dict[str, Any] = {}
-    for key in COMPARED:
-        a, b = final["seed_spread"][key], base["seed_spread"][key]
-        se = math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])
-        out[key] = {"final": a["mean"], "base": b["mean"], "diff": a["mean"] - b["mean"], "se": se}
-    d, se, n = out["mean_ic"]["diff"], out["mean_ic"]["se"], final["seed_spread"]["mean_ic"]["n"]
+    minus base) and its standard error (Welch); and one sentence on whether the mean IC
+    difference is larger than the seed noise (more than two standard errors)."""
+    by_metric = {key: Difference.of(final.seed_spread[key], base.seed_spread[key])
+                 for key in COMPARED}  # fmt: skip
+    c, n = by_metric["mean_ic"], final.seed_spread["mean_ic"].n
+    d, se = c.diff, c.se
     if same:
         verdict = "the search selected its own starting point, so there is nothing to compare"
     elif n < 2 or not math.isfinite(se):
@@ -213,17 +217,16 @@ def compare_seeds(
         verdict = f"the search {word} its starting point by more than the seed noise ({abs(d) / se:.1f} standard errors)"
     else:
         verdict = f"the difference is within the seed noise ({abs(d) / se if se else 0:.1f} standard errors)"
-    out["sentence"] = (
-        f"Test mean IC over {n} seed(s): searched config {out['mean_ic']['final']:+.4f}, base "
-        f"config {out['mean_ic']['base']:+.4f}, difference {d:+.4f} ± {se:.4f} (standard error): "
-        f"{verdict}."
+    sentence = (
+        f"Test mean IC over {n} seed(s): searched config {c.a:+.4f}, base config {c.b:+.4f}, "
+        f"difference {d:+.4f} ± {se:.4f} (standard error): {verdict}."
     )
-    return out
+    return SearchVsBase(by_metric=by_metric, n=n, sentence=sentence)
 
 
 def _universes(
     ensemble: Ensemble, ds: Dataset, k: int, spec: SearchSpec, run: RunDir
-) -> dict[str, Any] | None:
+) -> Universes | None:
     """The final model on the test set as each universe rule picks it, what the rules keep over
     time, and one sentence: the point-in-time rule's numbers are the honest ones; the
     full-period rule's gap above them is lookahead."""
@@ -237,74 +240,69 @@ def _universes(
         bt = backtest(panel, score(ensemble, panel), k, spec.costs)
         if rule != spec.universe.mode:
             run.write_final_series("final", f"test_{rule}", Series.from_daily(bt.daily, panel))
-        by_rule[rule] = {
-            "test": bt.metrics, "oracle_test": bt.oracle, "test_rows": len(panel),
-            "names_per_test_day": float(t[f"{rule}_names"][test_days].mean()),
-            "turnover_per_day": float(t[f"{rule}_turnover"][1:].mean()) if len(t["date"]) > 1 else 0.0,
-        }  # fmt: skip
+        by_rule[rule] = RuleResult(
+            test=bt.metrics, oracle_test=bt.oracle, test_rows=len(panel),
+            names_per_test_day=float(t[f"{rule}_names"][test_days].mean()),
+            turnover_per_day=float(t[f"{rule}_turnover"][1:].mean()) if len(t["date"]) > 1 else 0.0,
+        )  # fmt: skip
     differ = t.get("differ", np.zeros(len(t["date"])))
-    out = {
-        "rule": spec.universe.mode, "window": spec.universe.window, "by_rule": by_rule,
-        "test_dates_differ": float((differ[test_days] > 0).mean()),
-        "names_differ_per_test_day": float(differ[test_days].mean()),
-        "dates_differ": float((differ > 0).mean()),
-    }  # fmt: skip
-    out["sentence"] = _universe_sentence(out)
-    return out
+    u = Universes(
+        rule=spec.universe.mode, window=spec.universe.window, by_rule=by_rule,
+        test_dates_differ=float((differ[test_days] > 0).mean()),
+        names_differ_per_test_day=float(differ[test_days].mean()),
+        dates_differ=float((differ > 0).mean()), sentence="",
+    )  # fmt: skip
+    return replace(u, sentence=_universe_sentence(u))
 
 
-def _universe_sentence(u: dict[str, Any]) -> str:
+def _universe_sentence(u: Universes) -> str:
     """What the two universe rules say about the final model on the test set, in one sentence."""
-    full, trail = u["by_rule"].get("full_period"), u["by_rule"].get("trailing")
+    full, trail = u.by_rule.get("full_period"), u.by_rule.get("trailing")
     if full is None or trail is None:
         return ""
-    if u["names_differ_per_test_day"] == 0:
+    if u.names_differ_per_test_day == 0:
         return (
             "The point-in-time and the full-period universe keep the same names on every test "
-            f"date: no lookahead gap (test IC Sharpe {trail['test']['ic_sharpe']:.2f})."
+            f"date: no lookahead gap (test IC Sharpe {trail.test['ic_sharpe']:.2f})."
         )
-    f, p = full["test"], trail["test"]
+    f, p = full.test, trail.test
     return (
-        f"Point-in-time universe (trailing {u['window']} days, tradeable on the day): test IC "
+        f"Point-in-time universe (trailing {u.window} days, tradeable on the day): test IC "
         f"Sharpe {p['ic_sharpe']:.2f}, mean IC {p['mean_ic']:+.4f}; the full-period rule (the "
         f"notebook's, which looks ahead) would claim {f['ic_sharpe']:.2f} and "
         f"{f['mean_ic']:+.4f}, a gap of {f['ic_sharpe'] - p['ic_sharpe']:+.2f} IC Sharpe. It "
-        f"comes from the {u['names_differ_per_test_day']:.0f} names a test day that only one "
-        f"rule keeps ({u['test_dates_differ']:.0%} of test dates differ): names liquid over the "
-        f"whole file but not in their last {u['window']} days, or the reverse; on those dates "
+        f"comes from the {u.names_differ_per_test_day:.0f} names a test day that only one "
+        f"rule keeps ({u.test_dates_differ:.0%} of test dates differ): names liquid over the "
+        f"whole file but not in their last {u.window} days, or the reverse; on those dates "
         f"nobody could have known the full-period set."
     )
 
 
-def result_lines(summary: dict[str, Any]) -> list[str]:
+def result_lines(summary: Summary) -> list[str]:
     """The final results in a few lines: the driver logs them as it ends, `status` prints
     them."""
-    m = summary["metric"]
-    f = summary["final"]
-    n = len(f.get("seeds", [])) or 1
+    m = summary.metric
+    f = summary.final
+    n = len(f.members) or 1
     out = [
-        f"[final] ensemble of {n} seed(s): val {m} {f['val'][m]:.2f} | test IC sharpe "
-        f"{f['test']['ic_sharpe']:.2f} mean IC {f['test']['mean_ic']:+.4f} L/S sharpe "
-        f"{f['test']['ls_sharpe']:.2f} (net of flat costs "
-        f"{f.get('costs', {}).get('ls_net_sharpe', math.nan):.2f}) on {f.get('device', 'cpu')}"
+        f"[final] ensemble of {n} seed(s): val {m} {f.val[m]:.2f} | test IC sharpe "
+        f"{f.test['ic_sharpe']:.2f} mean IC {f.test['mean_ic']:+.4f} L/S sharpe "
+        f"{f.test['ls_sharpe']:.2f} (net of flat costs "
+        f"{f.costs.get('ls_net_sharpe', math.nan):.2f}) on {f.device or 'cpu'}"
     ]
     if n > 1:
-        sp = f["seed_spread"]
-        out.append(f"[final] single seeds, test: IC sharpe {sp['ic_sharpe']['mean']:.2f} ± "
-                   f"{sp['ic_sharpe']['std']:.2f}, mean IC {sp['mean_ic']['mean']:+.4f} ± "
-                   f"{sp['mean_ic']['std']:.4f}")  # fmt: skip
-    if summary.get("baseline"):
-        b = summary["baseline"]["test"]
+        sp = f.seed_spread
+        out.append(f"[final] single seeds, test: IC sharpe {sp['ic_sharpe'].mean:.2f} ± "
+                   f"{sp['ic_sharpe'].std:.2f}, mean IC {sp['mean_ic'].mean:+.4f} ± "
+                   f"{sp['mean_ic'].std:.4f}")  # fmt: skip
+    if summary.baseline is not None:
+        b = summary.baseline.test
         out.append(
             f"[baseline] full-universe model on the liquid test set: IC sharpe "
             f"{b['ic_sharpe']:.2f} mean IC {b['mean_ic']:+.4f} L/S sharpe {b['ls_sharpe']:.2f}"
         )
-    for key, label in (("search_vs_base", "search vs base"), ("universes", "universes")):
-        if summary.get(key):
-            out.append(f"[{label}] {summary[key]['sentence']}")
+    if summary.search_vs_base is not None:
+        out.append(f"[search vs base] {summary.search_vs_base.sentence}")
+    if summary.universes is not None:
+        out.append(f"[universes] {summary.universes.sentence}")
     return out
-
-
-def _say_results(summary: dict[str, Any], m: str) -> None:
-    for line in result_lines(summary):
-        log.info(line)

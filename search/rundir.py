@@ -18,23 +18,31 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
+import pickle
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import torch
 import yaml
 
 from ranker import storage
-from ranker.data import Dataset
+from ranker.data import DataInfo, Dataset
 from ranker.metrics import Daily
 from ranker.panel import Panel
 from ranker.train import METRICS, TrainState
 from search.errors import RunDirError
-from search.spec import SearchSpec, StageSpec, from_dict
+from search.results import Analysis, Significance, Summary, decode, encode
+from search.spec import REPLICATE, SearchSpec, StageSpec, from_dict
+from search.trial_result import ERROR, FINISHED, TrialResult, TrialRow
+
+log = logging.getLogger("liquid_search")
 
 SPEC_FILE = "spec.yaml"
 RUN_FILE = "run.json"
@@ -46,6 +54,7 @@ MODEL_FILE = "model.pt"
 UNIVERSES_FILE = "universes_daily.npz"  # each universe rule's liquid set over time
 SUMMARY_FILE = "summary.json"
 ANALYSIS_FILE = "analysis.json"
+LEASE_FILE = "lease.json"  # who drives the run (`search.lease`)
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 REPORT_DIR = "report"
@@ -53,9 +62,6 @@ REPORT_DIR = "report"
 STATE_FILE = "state.pt"  # the resumable training state (`ranker.train.TrainState`)
 SERIES_FILE = "daily.npz"  # the per-date val series of the trial's best evaluation so far
 POINT_FILE = "point.json"  # the grid point and the configs it resolved to
-
-FINISHED = "TERMINATED"
-ERROR = "ERROR"
 
 
 # ---------------------------------------------------------------- JSON
@@ -93,7 +99,7 @@ class RunInfo:
     """RUN_DIR/run.json: where the data came from and what the load found."""
 
     source: str
-    data: dict[str, Any]
+    data: DataInfo
     columns: dict[str, list[str]]
     precision: str | None = None  # train.precision as the run resolved it (fp32 or bf16)
     mlflow_run: str | None = None  # the search's MLflow run (tracking.mlflow), if tracked
@@ -119,8 +125,10 @@ class RunInfo:
             mine = {k: len(v) for k, v in self.columns.items()}
             theirs = {k: len(v) for k, v in ds.columns.to_dict().items()}
             diffs.append(f"feature columns {theirs} vs the run's {mine}")
-        diffs += [f"{k} {ds.info.get(k)!r} vs the run's {self.data.get(k)!r}"
-                  for k in self.SAME_DATA if k in self.data and ds.info.get(k) != self.data[k]]  # fmt: skip
+        recorded, loaded = self.data, ds.info
+        diffs += [f"{k} {getattr(loaded, k)!r} vs the run's {getattr(recorded, k)!r}"
+                  for k in self.SAME_DATA if getattr(recorded, k) is not None
+                  and getattr(loaded, k) != getattr(recorded, k)]  # fmt: skip
         if diffs:
             raise RunDirError(
                 f"{source} is not the data {run_path} was started on ({self.source}): "
@@ -129,89 +137,70 @@ class RunInfo:
             )
 
 
-@dataclass(frozen=True)
-class TrialRow:
-    """One trial of a stage: a row of RUN_DIR/<stage>/results.csv.
-
-    `metrics` are the validation metrics of the trial's best evaluation (by the spec's metric);
-    `checkpoint` is its latest checkpoint, relative to the run directory ('' when it has none).
-    """
-
-    trial_id: str
-    point: dict[str, float]
-    replicate: int
-    seed: int
-    status: str
-    error: str
-    epochs: int
-    best_epoch: int
-    metrics: dict[str, float]
-    train_seconds: float
-    restored: int
-    node_id: str
-    device: str
-    gpu: str  # the GPU's name ('' on the CPU)
-    gpu_peak_mb: float  # the trial's peak allocated GPU memory (NaN on the CPU)
-    data_zero_copy: bool
-    mem_private_mb: float
-    mem_rss_mb: float
-    checkpoint: str
-
-    def finished(self, metric: str) -> bool:
-        """Ended normally with a value of `metric` to select on."""
-        return self.status == FINISHED and math.isfinite(self.metrics.get(metric, math.nan))
-
-    def matches(self, point: dict[str, Any]) -> bool:
-        return all(float(self.point[k]) == float(v) for k, v in point.items())
-
-
-_ROW_FIELDS = [f.name for f in fields(TrialRow) if f.name not in ("point", "metrics")]
-_ROW_INT = ("replicate", "seed", "epochs", "best_epoch", "restored")
-_ROW_FLOAT = ("train_seconds", "gpu_peak_mb", "mem_private_mb", "mem_rss_mb")
+# results.csv: the trial's identity and standing, then its last result's flat columns.
+_ID_COLUMNS = ("trial_id", "replicate", "seed", "status", "error")
+# The columns of results.csv before its rows were built on `TrialResult` (read, not written):
+# `epochs` for `epoch`, the best evaluation's metrics under their plain names, no train_loss.
+_V1_TAIL = ("epochs", "best_epoch", *METRICS, "train_seconds", "restored", "node_id", "device",
+            "gpu", "gpu_peak_mb", "data_zero_copy", "mem_private_mb", "mem_rss_mb", "checkpoint")  # fmt: skip
 
 
 def _row_columns(keys: list[str]) -> list[str]:
-    i = _ROW_FIELDS.index("replicate")
-    j = _ROW_FIELDS.index("train_seconds")
-    return [*_ROW_FIELDS[:i], *keys, *_ROW_FIELDS[i:j], *METRICS, *_ROW_FIELDS[j:]]
+    return ["trial_id", *keys, *_ID_COLUMNS[1:], *TrialResult.columns(), "checkpoint"]
+
+
+def _v1_columns(keys: list[str]) -> list[str]:
+    return ["trial_id", *keys, *_ID_COLUMNS[1:], *_V1_TAIL]
+
+
+def _from_v1(d: dict[str, str]) -> dict[str, str]:
+    """A version-1 results.csv row under this version's column names."""
+    out = dict(d)
+    out["epoch"] = out.pop("epochs")
+    for m in METRICS:
+        out["best_" + m] = out.pop(m)
+    if out["status"] == ERROR and out["epoch"] == "0":
+        out["epoch"] = ""  # it never evaluated: no result
+    return out
 
 
 def rows_to_csv(rows: list[TrialRow], keys: list[str]) -> str:
-    """results.csv: one column per grid key, then one per field and metric."""
+    """results.csv: one column per grid key, the trial's standing, its last result's columns."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=_row_columns(keys), lineterminator="\n")
     w.writeheader()
     for r in rows:
-        d = {k: getattr(r, k) for k in _ROW_FIELDS}
-        w.writerow({**d, **{k: r.point[k] for k in keys}, **r.metrics})
+        flat = r.result.flat() if r.result is not None else {}
+        w.writerow({**{k: getattr(r, k) for k in _ID_COLUMNS}, **{k: r.point[k] for k in keys},
+                    **flat, "checkpoint": r.checkpoint})  # fmt: skip
     return buf.getvalue()
 
 
 def rows_from_csv(text: str, keys: list[str], where: str) -> list[TrialRow]:
-    """The typed rows of a results.csv written by `rows_to_csv` for a stage with grid `keys`."""
-    out = []
+    """The typed rows of a results.csv written by `rows_to_csv` (or by a version before it) for
+    a stage with grid `keys`."""
     reader = csv.DictReader(io.StringIO(text))
     want = _row_columns(keys)
-    if reader.fieldnames != want:
+    legacy = reader.fieldnames == _v1_columns(keys)
+    if reader.fieldnames != want and not legacy:
         raise RunDirError(
             f"{where}: columns {reader.fieldnames} are not the ones this version writes ({want}). "
             f"Fix: rerun the stage with `liquid-search stage NAME --run RUN_DIR`."
         )
+    out = []
     for d in reader:
+        if legacy:
+            d = _from_v1(d)
         out.append(
             TrialRow(
                 trial_id=d["trial_id"],
                 point={k: float(d[k]) for k in keys},
+                replicate=int(d["replicate"]),
+                seed=int(d["seed"]),
                 status=d["status"],
                 error=d["error"],
-                metrics={m: float(d[m]) for m in METRICS},
-                node_id=d["node_id"],
-                device=d["device"],
-                gpu=d["gpu"],
-                data_zero_copy=d["data_zero_copy"] == "True",
+                result=TrialResult.from_report(d),
                 checkpoint=d["checkpoint"],
-                **{k: int(d[k]) for k in _ROW_INT},
-                **{k: float(d[k]) for k in _ROW_FLOAT},
             )
         )
     return out
@@ -225,21 +214,26 @@ class Best:
     metric: str
     value: float
     replicate_values: list[float]
-    replicate_std: float
-    select: str
+    replicate_std: float  # sample std (ddof=1) over replicates; NaN for one
+    combine: str  # how replicates combined into `value` (`StageSpec.combine`)
     point: dict[str, float]
     model: dict[str, Any]
     train: dict[str, Any]
     trials: int
     errors: int
     wall_seconds: float
+    # The tied set and the SPA test of the stage (None in best.json files written before them).
+    significance: Significance | None = None
+
+    def to_json(self) -> str:
+        return dumps(encode(self))
 
     @classmethod
     def from_json(cls, text: str) -> Best:
         d = json.loads(text)
-        d["value"], d["replicate_std"] = _nan(d["value"]), _nan(d["replicate_std"])
-        d["wall_seconds"] = _nan(d["wall_seconds"])
-        return cls(**d)
+        if "select" in d:  # best.json before `combine` had its name
+            d["combine"] = d.pop("select")
+        return decode(cls, d)
 
 
 @dataclass(frozen=True, eq=False)
@@ -295,6 +289,7 @@ class TrialCheckpoint:
     point: dict[str, Any]
     model: dict[str, Any]
     train: dict[str, Any]
+    replicate: int = 0
 
     def write(self, directory: str) -> None:
         """Into a local directory (Tune uploads it)."""
@@ -302,7 +297,8 @@ class TrialCheckpoint:
         storage.write_with(storage.join(directory, STATE_FILE), lambda f: torch.save(state, f))
         if self.series is not None:
             storage.write_bytes(storage.join(directory, SERIES_FILE), self.series.to_bytes())
-        doc = {"point": self.point, "model": self.model, "train": self.train}
+        doc = {"point": self.point, "replicate": self.replicate, "model": self.model,
+               "train": self.train}  # fmt: skip
         storage.write_text(storage.join(directory, POINT_FILE), dumps(doc))
 
 
@@ -316,6 +312,79 @@ def read_series(directory: str) -> Series | None:
     """The val series in a trial checkpoint directory, or None if it has none."""
     path = storage.join(directory, SERIES_FILE)
     return Series.from_bytes(storage.read_bytes(path)) if storage.exists(path) else None
+
+
+# What reading a checkpoint that is not whole raises: a file cut short (torch's zip reader,
+# numpy's, the JSON parser) or missing.
+_CUT_SHORT = (RuntimeError, EOFError, ValueError, KeyError, OSError, zipfile.BadZipFile,
+              pickle.UnpicklingError)  # fmt: skip
+
+
+def _whole(fs: pafs.FileSystem, path: str) -> tuple[TrainState, Series, dict[str, Any]] | None:
+    """A checkpoint directory's state, series and point document, when all three read whole."""
+    try:
+        got = {}
+        for name in (STATE_FILE, SERIES_FILE, POINT_FILE):
+            with fs.open_input_stream(f"{path.rstrip('/')}/{name}") as f:
+                got[name] = f.read()
+        state = TrainState.from_dict(
+            torch.load(io.BytesIO(got[STATE_FILE]), map_location="cpu", weights_only=True)
+        )
+        return state, Series.from_bytes(got[SERIES_FILE]), json.loads(got[POINT_FILE])
+    except _CUT_SHORT:
+        return None
+
+
+def _checkpoint_dirs(fs: pafs.FileSystem, trial_dir: str) -> list[str]:
+    """A trial directory's checkpoint directories, newest first. (Tune names them
+    checkpoint_000000, checkpoint_000001, ...: this is the one place that knows it.)"""
+    infos = fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True))
+    names = [i.path for i in infos
+             if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")]  # fmt: skip
+    return sorted(names, reverse=True)
+
+
+def read_checkpoint(path: str, fs: pafs.FileSystem) -> tuple[TrainState | None, Series | None]:
+    """The training state and val series of the checkpoint at `path` on `fs`; when it is not
+    whole (its upload cut short by a storage fault), of the newest whole one before it in the
+    same trial directory; (None, None) when there is none (the trial starts afresh)."""
+    trial_dir = path.rstrip("/").rsplit("/", 1)[0]
+    for p in [path, *(d for d in _checkpoint_dirs(fs, trial_dir) if d < path.rstrip("/"))]:
+        got = _whole(fs, p)
+        if got is not None:
+            if p != path:
+                log.warning(f"checkpoint {path} is not whole; continuing from {p}")
+            return got[0], got[1]
+    return None, None
+
+
+def trial_key(config: dict[str, Any]) -> str:
+    """A trial's grid point and replicate as one key (a trial's config, or a checkpoint's
+    point plus its replicate)."""
+    point = {k: float(v) for k, v in config.items() if k != REPLICATE}
+    return json.dumps([sorted(point.items()), int(config.get(REPLICATE, 0))])
+
+
+def latest_checkpoints(stage_dir: str) -> dict[str, tuple[str, int]]:
+    """Every trial's newest whole checkpoint in a stage's attempt directory, by `trial_key`:
+    (its URI, the epochs it had trained). What rebuilds a stage whose Tune experiment state
+    cannot be read: each trial continues from its own last checkpoint, as after Ctrl-C."""
+    fs, root = storage.filesystem(stage_dir)
+    out: dict[str, tuple[str, int]] = {}
+    for trial in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+        if trial.type != pafs.FileType.Directory:
+            continue
+        for ck in _checkpoint_dirs(fs, trial.path):
+            got = _whole(fs, ck)
+            if got is None:
+                continue
+            state, _, doc = got
+            key = trial_key({**doc["point"], REPLICATE: doc.get("replicate", 0)})
+            epoch = state.progress.epoch
+            if key not in out or epoch > out[key][1]:
+                out[key] = (storage.join(stage_dir, trial.base_name, ck.rsplit("/", 1)[-1]), epoch)
+            break
+    return out
 
 
 # ---------------------------------------------------------------- a loaded run
@@ -348,8 +417,8 @@ class Run:
     spec: SearchSpec
     info: RunInfo | None
     stages: list[StageRecord]
-    summary: dict[str, Any] | None
-    analysis: dict[str, Any] | None
+    summary: Summary | None
+    analysis: Analysis | None
     _series: dict[tuple[str, str], Series | None] = field(default_factory=dict, repr=False)
 
     @property
@@ -375,12 +444,13 @@ class Run:
         return out
 
     def trial_series(self, stage: str) -> dict[str, Series]:
-        """The val series of each finished trial's best evaluation, by trial id (trials with no
-        series are left out)."""
+        """The val series of each finished trial's best evaluation, by trial id: the trials of
+        the stage's grid (a starting point trained beside the grid as the SPA test's benchmark
+        is not a candidate, and PBO and DSR leave it out; trials with no series too)."""
         st = self.stage(stage)
         out = {}
         for r in st.rows or []:
-            if r.status != FINISHED or not r.checkpoint:
+            if r.status != FINISHED or not r.checkpoint or not st.spec.contains(r.point):
                 continue
             key = (stage, r.trial_id)
             if key not in self._series:
@@ -466,7 +536,8 @@ class RunDir:
         return from_dict(yaml.safe_load(storage.read_text(path)), path, grid=False)
 
     def write_info(self, info: RunInfo) -> None:
-        storage.write_text(self.file(RUN_FILE), dumps(asdict(info)))
+        info_dict = {**asdict(info), "data": info.data.to_dict()}
+        storage.write_text(self.file(RUN_FILE), dumps(info_dict))
 
     def mark_ended(self, outcome: str) -> None:
         """Record in run.json that the driver stopped, and how (nothing when there is none)."""
@@ -477,7 +548,10 @@ class RunDir:
 
     def read_info(self) -> RunInfo | None:
         path = self.file(RUN_FILE)
-        return RunInfo(**json.loads(storage.read_text(path))) if storage.exists(path) else None
+        if not storage.exists(path):
+            return None
+        d = json.loads(storage.read_text(path))
+        return RunInfo(**{**d, "data": DataInfo.from_dict(d["data"])})
 
     # -- stages
 
@@ -504,6 +578,11 @@ class RunDir:
         storage.write_text(self.file(STAGES_FILE), dumps(attempts))
         return name
 
+    def start_checkpoint(self, stage: str, replicate: int) -> str:
+        """Where a stage's starting point, trained beside its grid as the SPA test's benchmark,
+        keeps its checkpoint (one per replicate)."""
+        return storage.join(self.stage_path(stage), f"start_r{replicate}", "checkpoint")
+
     def write_rows(self, stage: StageSpec, rows: list[TrialRow]) -> None:
         path = storage.join(self.stage_path(stage.name), RESULTS_FILE)
         storage.write_text(path, rows_to_csv(rows, list(stage.grid)))
@@ -512,7 +591,7 @@ class RunDir:
         """results.csv, then best.json (whose presence marks the stage finished)."""
         self.write_rows(stage, rows)
         path = storage.join(self.stage_path(stage.name), BEST_FILE)
-        storage.write_text(path, dumps(asdict(best)))
+        storage.write_text(path, best.to_json())
 
     def read_best(self, stage: str) -> Best | None:
         path = storage.join(self.stage_path(stage), BEST_FILE)
@@ -558,26 +637,41 @@ class RunDir:
 
     # -- summary, analysis, report
 
-    def write_summary(self, summary: dict[str, Any]) -> str:
+    def write_summary(self, summary: Summary) -> str:
         path = self.file(SUMMARY_FILE)
-        storage.write_text(path, dumps(summary))
+        storage.write_text(path, dumps(summary.to_dict()))
         return path
 
-    def read_summary(self) -> dict[str, Any] | None:
+    def read_summary(self) -> Summary | None:
+        """summary.json, typed (an earlier version's file is upgraded).
+
+        Raises:
+            RunDirError: a file written by a newer version.
+        """
         path = self.file(SUMMARY_FILE)
-        return json.loads(storage.read_text(path)) if storage.exists(path) else None
+        if not storage.exists(path):
+            return None
+        return Summary.from_dict(json.loads(storage.read_text(path)), path)
 
     def is_complete(self) -> bool:
         return storage.exists(self.file(SUMMARY_FILE))
 
-    def write_analysis(self, analysis: dict[str, Any]) -> str:
+    def write_analysis(self, analysis: Analysis) -> str:
         path = self.file(ANALYSIS_FILE)
-        storage.write_text(path, dumps(analysis))
+        storage.write_text(path, dumps(analysis.to_dict()))
         return path
 
-    def read_analysis(self) -> dict[str, Any] | None:
+    def read_analysis(self) -> Analysis | None:
+        """analysis.json, typed; None when absent or written by an earlier version (its readers
+        recompute it from the run's other files).
+
+        Raises:
+            RunDirError: a file written by a newer version.
+        """
         path = self.file(ANALYSIS_FILE)
-        return json.loads(storage.read_text(path)) if storage.exists(path) else None
+        if not storage.exists(path):
+            return None
+        return Analysis.from_dict(json.loads(storage.read_text(path)), path)
 
     def write_report(self, markdown: str, html: str, images: dict[str, bytes]) -> tuple[str, str]:
         """report/*.png, report.md (which links them) and the self-contained report.html."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 import math
 import os
 import re
@@ -30,12 +31,14 @@ from ranker.train import TrainConfig, resolve_precision
 from ranker.universe import UniverseConfig
 from search.errors import SearchError, SpecError
 
+log = logging.getLogger("liquid_search")
+
 _REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 _INSTALLED_CONFIGS = os.path.join(sys.prefix, "share", "liquid-search", "configs")
 # The bundled specs: the repository's configs/, or where a non-editable install puts them.
 CONFIG_DIR = _REPO_CONFIGS if os.path.isdir(_REPO_CONFIGS) else _INSTALLED_CONFIGS
 DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "search.yaml")
-REPLICATE = "replicate"  # the grid key of a stage's replicate index (stages with seeds > 1)
+REPLICATE = "replicate"  # the grid key of a stage's replicate index (stages with replicates > 1)
 REPLICATE_SEED_STRIDE = 1000  # replicate r trains with seed + r * REPLICATE_SEED_STRIDE
 
 
@@ -47,10 +50,12 @@ class SynthSpec:
     n_dates: int | None = None
     n_symbols: int | None = None
     liquidity: str = "static"  # static | moving: symbols whose liquidity changes (ranker.synth)
+    # simple | tuned: a stronger signal in interactions, where the hyperparameters matter
+    structure: str = "simple"
 
     def __post_init__(self) -> None:
         problems = synth_params(self.scale, self.seed, self.n_symbols, self.n_dates, self.signal,
-                                liquidity=self.liquidity)  # fmt: skip
+                                liquidity=self.liquidity, structure=self.structure)  # fmt: skip
         if problems:
             raise ConfigError([f"data.synth.{p}" for p in problems])
 
@@ -86,8 +91,8 @@ class ParamSpec:
 class StageSpec:
     name: str
     grid: dict[str, tuple[Any, ...]]
-    seeds: int = 1  # replicates of every grid point, each with its own training seed
-    select: str = "mean"  # how replicates combine for selection: mean | median | min
+    replicates: int = 1  # trials of every grid point, each with its own training seed
+    combine: str = "mean"  # how replicates combine into a point's score: mean | median | min
 
     @property
     def points(self) -> list[dict[str, Any]]:
@@ -96,14 +101,31 @@ class StageSpec:
             dict(zip(keys, vals, strict=True)) for vals in itertools.product(*self.grid.values())
         ]
 
-    def combine(self, values: list[float]) -> float:
-        """A grid point's selection value from its replicates' values (`select`)."""
-        return float({"mean": np.mean, "median": np.median, "min": np.min}[self.select](values))
+    def contains(self, point: dict[str, Any]) -> bool:
+        """Whether `point` (a trial's grid values) is one of the grid's points."""
+        return all(float(point[k]) in {float(v) for v in vals} for k, vals in self.grid.items())
+
+    @property
+    def n_trials(self) -> int:
+        """Trials of the stage: grid points x replicates."""
+        return len(self.points) * self.replicates
+
+    def score(self, values: list[float]) -> float:
+        """A grid point's selection value from its replicates' values (`combine`): the one
+        score that selection, analysis, status and the report use."""
+        return float({"mean": np.mean, "median": np.median, "min": np.min}[self.combine](values))
 
     def point_text(self, config: dict[str, Any]) -> str:
         """`key=value ...` of a trial's grid point (and replicate), for log lines and labels."""
-        keys = [*self.grid, *([REPLICATE] if self.seeds > 1 else [])]
+        keys = [*self.grid, *([REPLICATE] if self.replicates > 1 else [])]
         return " ".join(f"{k}={config.get(k)}" for k in keys)
+
+
+def replicate_seed(seed: int, replicate: int) -> int:
+    """The training seed of replicate `replicate` of a config whose seed is `seed` (the same
+    stride for a stage's replicates and the final phase's seeds, so replicate 0 and the first
+    final seed are the spec's own seed)."""
+    return seed + REPLICATE_SEED_STRIDE * replicate
 
 
 @dataclass(frozen=True)
@@ -115,12 +137,50 @@ class FinalSpec:
     seeds: int = 3
     compare_base: bool = True  # also train the spec's base config: did the search pay?
 
+    def member_seeds(self, seed: int) -> list[int]:
+        """The training seeds of each final-phase model's members: the spec's seed, then one
+        replicate stride apart, so the first member is the single final model of one seed."""
+        return [replicate_seed(seed, i) for i in range(self.seeds)]
+
     def __post_init__(self) -> None:
         errors = []
         for name in ("epochs", "seeds"):
             v = getattr(self, name)
             if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
                 errors.append(f"final.{name}={v!r}: must be a positive integer")
+        if errors:
+            raise ConfigError(errors)
+
+
+SELECTION_RULES = ("best", "spa")
+
+
+@dataclass(frozen=True)
+class SelectionSpec:
+    """How each stage picks its config, and how sure it says it is (`search.significance`)."""
+
+    # best: the highest score, as the notebook does. spa: keep the stage's starting point unless
+    # the SPA test says one of the stage's configs beats it at `spa_level`; then the best.
+    rule: str = "best"
+    mcs_size: float = 0.1  # the Model Confidence Set holds the best config with 1 - mcs_size
+    spa_level: float = 0.05
+    reps: int = 1000  # bootstrap replications of each test
+    block: int | None = None  # the bootstrap's mean block length in dates; None: sqrt(T)
+
+    def __post_init__(self) -> None:
+        errors = []
+        if self.rule not in SELECTION_RULES:
+            errors.append(f"selection.rule={self.rule!r}: expected one of {list(SELECTION_RULES)}")
+        for name in ("mcs_size", "spa_level"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and 0 < v < 1):
+                errors.append(f"selection.{name}={v!r}: must be in (0, 1), e.g. 0.1")
+        if not (
+            isinstance(self.reps, int) and not isinstance(self.reps, bool) and self.reps >= 100
+        ):
+            errors.append(f"selection.reps={self.reps!r}: must be an integer >= 100, e.g. 1000")
+        if self.block is not None and not (isinstance(self.block, int) and self.block >= 1):
+            errors.append(f"selection.block={self.block!r}: a positive integer, or null (sqrt(T))")
         if errors:
             raise ConfigError(errors)
 
@@ -179,6 +239,7 @@ class SearchSpec:
     train: TrainConfig = field(default_factory=TrainConfig)
     params: dict[str, ParamSpec] = field(default_factory=dict)
     stages: tuple[StageSpec, ...] = ()
+    selection: SelectionSpec = field(default_factory=SelectionSpec)
     final: FinalSpec = field(default_factory=FinalSpec)
     costs: CostModel = field(default_factory=CostModel)
     resources: ResourceSpec = field(default_factory=ResourceSpec)
@@ -193,8 +254,8 @@ class SearchSpec:
         for k in _DATA_SIZED:
             d["model"].pop(k)
         d["stages"] = [
-            {"name": s.name, "grid": {k: list(v) for k, v in s.grid.items()}, "seeds": s.seeds,
-             "select": s.select}
+            {"name": s.name, "grid": {k: list(v) for k, v in s.grid.items()},
+             "replicates": s.replicates, "combine": s.combine}
             for s in self.stages
         ]  # fmt: skip
         d["params"] = {
@@ -220,6 +281,7 @@ _SECTIONS: dict[str, type] = {
     "split": SplitConfig,
     "model": ModelConfig,
     "train": TrainConfig,
+    "selection": SelectionSpec,
     "final": FinalSpec,
     "costs": CostModel,
     "resources": ResourceSpec,
@@ -227,7 +289,35 @@ _SECTIONS: dict[str, type] = {
 }
 _TOP = {f.name for f in fields(SearchSpec)}
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@-]*")
-_SELECT = ("mean", "median", "min")
+_COMBINE = ("mean", "median", "min")
+# A trial's own columns in results.csv and keys in its config: no grid key may take their names.
+_RESERVED_KEYS = frozenset({"trial_id", "replicate", "seed", "status", "error", "checkpoint",
+                            "epoch", "epochs", "best_epoch", "train_loss", "train_seconds",
+                            "restored", "node_id", "device", "data_zero_copy", "gpu"})  # fmt: skip
+_STAGE_KEYS = ("name", "grid", "replicates", "combine")
+# Stage keys renamed (one meaning per name: `seeds` is the final phase's): still read, with a note.
+_RENAMED = {"seeds": "replicates", "select": "combine"}
+
+
+def _renamed_keys(
+    s: dict[str, Any], where: str, errors: list[str], notes: list[str] | None
+) -> dict[str, Any]:
+    """A stage's mapping with renamed keys under their new names (a note says so, once each);
+    both spellings at once is an error."""
+    out = dict(s)
+    for old, new in _RENAMED.items():
+        if old not in out:
+            continue
+        if new in out:
+            errors.append(f"{where}: both {old!r} and {new!r}; {old!r} is the old name. Fix: "
+                          f"keep {new}")  # fmt: skip
+        else:
+            out[new] = out.pop(old)
+            if notes is not None:
+                notes.append(f"{where}.{old} is now {where}.{new} (read as that; rename it)")
+    return out
+
+
 # Input sizes come from the data, never from the spec.
 _DATA_SIZED = ("n_fundamental_features", "n_price_features", "n_embedding_dim")
 
@@ -274,6 +364,10 @@ def _build_params(raw: Any, errors: list[str]) -> dict[str, ParamSpec]:
     out = {}
     for key, p in raw.items():
         where = f"params.{key}"
+        if key in _RESERVED_KEYS:
+            errors.append(f"{where}: the name is one of a trial's own columns in results.csv "
+                          f"({sorted(_RESERVED_KEYS)}). Fix: another name, e.g. {key}_value")  # fmt: skip
+            continue
         if not isinstance(p, dict) or set(p) - {"set", "scale"} or len(p) != 1:
             errors.append(
                 f"{where}: expected exactly one of {{set: model.<field>}} or {{scale: [model.<field>, ...]}}, got {p!r}"
@@ -293,12 +387,12 @@ def _build_params(raw: Any, errors: list[str]) -> dict[str, ParamSpec]:
 
 
 def _build_stages(
-    raw: Any, params: dict[str, ParamSpec], errors: list[str]
+    raw: Any, params: dict[str, ParamSpec], errors: list[str], notes: list[str] | None = None
 ) -> tuple[StageSpec, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list) or not raw:
-        errors.append("stages: expected a non-empty list of {name, grid, seeds}")
+        errors.append("stages: expected a non-empty list of {name, grid, replicates}")
         return ()
     stages, seen = [], set()
     for n, s in enumerate(raw):
@@ -306,10 +400,10 @@ def _build_stages(
         if not isinstance(s, dict):
             errors.append(f"{where}: expected a mapping with name and grid, got {s!r}")
             continue
-        unknown = set(s) - {"name", "grid", "seeds", "select"}
+        unknown = set(s) - set(_STAGE_KEYS) - set(_RENAMED)
         if unknown:
             errors.append(
-                f"{where}: unknown key(s) {sorted(unknown)}; valid keys: ['grid', 'name', 'seeds', 'select']"
+                f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(_STAGE_KEYS)}"
             )
         name = s.get("name")
         if not isinstance(name, str) or not name.isidentifier():
@@ -339,15 +433,16 @@ def _build_stages(
                 errors.append(f"{where}.grid.{k}={vals!r}: values must be numbers")
                 continue
             clean[k] = tuple(vals)
-        seeds = s.get("seeds", 1)
-        if not (isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1):
-            errors.append(f"{where}.seeds={seeds!r}: expected a positive integer")
-            seeds = 1
-        select = s.get("select", "mean")
-        if select not in _SELECT:
-            errors.append(f"{where}.select={select!r}: expected one of {list(_SELECT)}")
-            select = "mean"
-        stages.append(StageSpec(name=name, grid=clean, seeds=seeds, select=select))
+        s = _renamed_keys(s, f"stages.{name}", errors, notes)
+        reps = s.get("replicates", 1)
+        if not (isinstance(reps, int) and not isinstance(reps, bool) and reps >= 1):
+            errors.append(f"{where}.replicates={reps!r}: expected a positive integer")
+            reps = 1
+        combine = s.get("combine", "mean")
+        if combine not in _COMBINE:
+            errors.append(f"{where}.combine={combine!r}: expected one of {list(_COMBINE)}")
+            combine = "mean"
+        stages.append(StageSpec(name=name, grid=clean, replicates=reps, combine=combine))
     return tuple(stages)
 
 
@@ -382,7 +477,8 @@ def from_dict(
             kw[sec] = _section(sec, cls, raw[sec], errors)
     params = _build_params(raw.get("params"), errors)
     kw["params"] = params
-    kw["stages"] = _build_stages(raw.get("stages"), params, errors)
+    notes: list[str] = []
+    kw["stages"] = _build_stages(raw.get("stages"), params, errors, notes if grid else None)
     for k in ("max_concurrent", "max_failures"):
         if k in raw:
             v = raw[k]
@@ -410,6 +506,8 @@ def from_dict(
         errors += check_grid(spec)
     if errors:
         raise SpecError(source, errors)
+    for note in notes:
+        log.warning(f"{source}: {note}")
     return spec
 
 
@@ -437,7 +535,7 @@ def check_grid(spec: SearchSpec) -> list[str]:
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply dotted `key=value` overrides (values parsed as YAML) to a raw spec mapping.
 
-    `stages.<name>.grid.<key>=[...]` and `stages.<name>.seeds=3` address a stage by name.
+    `stages.<name>.grid.<key>=[...]` and `stages.<name>.replicates=3` address a stage by name.
     """
     out = copy.deepcopy(raw)
     errors = []
@@ -626,5 +724,5 @@ def trial_configs(
     mc, tc = resolve_point(spec, base_model, base_train, point)
     rep = int(config.get(REPLICATE, 0))
     if rep:
-        tc = replace(tc, seed=tc.seed + REPLICATE_SEED_STRIDE * rep)
+        tc = replace(tc, seed=replicate_seed(tc.seed, rep))
     return mc, tc, point

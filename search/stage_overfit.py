@@ -15,13 +15,14 @@ conservative when replicates or neighbouring grid points are correlated.
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import replace
 
 import numpy as np
 
 from ranker.metrics import ANN
 from ranker.overfit_stats import deflated_sharpe_ratio, pbo
 from search.errors import RunDirError
+from search.results import DSR, PBO
 from search.rundir import Run, Series
 
 
@@ -58,7 +59,7 @@ def blocks_for(n_dates: int, n_blocks: int = 16) -> int:
     return s - s % 2
 
 
-def series_pbo(series: dict[str, Series], n_blocks: int = 16) -> dict[str, Any]:
+def series_pbo(series: dict[str, Series], n_blocks: int = 16, stage: str = "") -> PBO:
     """PBO by CSCV over trials' daily val IC (T dates x N trials), ranked by per-period IC Sharpe
     in each half. Dates missing, or with an undefined IC, for any trial are dropped; T % S of the
     most recent dates are dropped by CSCV itself.
@@ -68,11 +69,11 @@ def series_pbo(series: dict[str, Series], n_blocks: int = 16) -> dict[str, Any]:
         n_blocks: S requested (even); lowered when there are fewer than S usable dates.
 
     Returns:
-        dict with `n_trials` (N), `trial_ids`, `trials_without_ic`, `n_dates` (T aligned),
-        `n_dates_used`, `n_blocks` (S used), `n_blocks_requested`, and either `skipped` (the
-        reason) or `pbo`, `n_combinations`, `prob_oos_loss`, `logit_median`, `is_metric_mean`,
-        `oos_metric_mean` (per-period IC Sharpe of the IS-best config in each half) and
-        `degradation_slope` (OOS on IS least squares slope; NaN if IS is constant).
+        The PBO record: the counts (N trials, T dates aligned and used, S blocks used and
+        requested), and either `skipped` (the reason) or the PBO, its number of combinations,
+        the probability of an out-of-sample loss, the logits' median, the mean per-period IC
+        Sharpe of the IS-best config in and out of sample, and the degradation slope (OOS on IS
+        least squares; NaN if IS is constant).
 
     Raises:
         ValueError: n_blocks is not an even integer >= 2.
@@ -82,42 +83,34 @@ def series_pbo(series: dict[str, Series], n_blocks: int = 16) -> dict[str, Any]:
     perf, ids, dates, dropped = ic_matrix(series)
     t = len(dates)
     s = blocks_for(t, n_blocks)
-    out: dict[str, Any] = {
-        "n_trials": len(ids),
-        "trial_ids": ids,
-        "trials_without_ic": dropped,
-        "n_dates": t,
-        "n_blocks_requested": n_blocks,
-        "n_blocks": s,
-        "n_dates_used": (t // s) * s if s else 0,
-        "series": "val daily IC",
-        "metric": "per-period IC Sharpe",
-    }
+    out = PBO(stage=stage, n_trials=len(ids), trial_ids=tuple(ids),
+              trials_without_ic=tuple(dropped), n_dates=t,
+              n_dates_used=(t // s) * s if s else 0, n_blocks=s,
+              n_blocks_requested=n_blocks)  # fmt: skip
     if len(ids) < 2:
-        return out | {
-            "skipped": f"N={len(ids)} finished trial(s) with an IC series; PBO ranks >= 2"
-        }
+        return replace(
+            out, skipped=f"N={len(ids)} finished trial(s) with an IC series; PBO ranks >= 2"
+        )
     if s < 2:
-        return out | {"skipped": f"T={t} common val dates; CSCV needs at least 4 (2 blocks of 2)"}
+        return replace(
+            out, skipped=f"T={t} common val dates; CSCV needs at least 4 (2 blocks of 2)"
+        )
     r = pbo(perf, n_blocks=s)
     is_m, oos_m = r["is_metric"], r["oos_metric"]
     slope = math.nan
     if np.ptp(is_m) > 0:
         slope = float(np.polyfit(is_m, oos_m, 1)[0])
-    return out | {
-        "pbo": r["pbo"],
-        "n_combinations": r["n_combinations"],
-        "prob_oos_loss": r["prob_oos_loss"],
-        "logit_median": float(np.median(r["logits"])),
-        "is_metric_mean": float(np.mean(is_m)),
-        "oos_metric_mean": float(np.mean(oos_m)),
-        "degradation_slope": slope,
-    }
+    return replace(
+        out, pbo=float(r["pbo"]), n_combinations=int(r["n_combinations"]),
+        prob_oos_loss=float(r["prob_oos_loss"]), logit_median=float(np.median(r["logits"])),
+        is_metric_mean=float(np.mean(is_m)), oos_metric_mean=float(np.mean(oos_m)),
+        degradation_slope=slope,
+    )  # fmt: skip
 
 
-def stage_pbo(run: Run, stage: str, n_blocks: int = 16) -> dict[str, Any]:
-    """`series_pbo` over a stage's finished trials, with `stage` added."""
-    return {"stage": stage} | series_pbo(run.trial_series(stage), n_blocks)
+def stage_pbo(run: Run, stage: str, n_blocks: int = 16) -> PBO:
+    """`series_pbo` over a stage's finished trials."""
+    return series_pbo(run.trial_series(stage), n_blocks, stage)
 
 
 def _per_period_sharpe(ic: np.ndarray) -> float:
@@ -130,19 +123,24 @@ def _per_period_sharpe(ic: np.ndarray) -> float:
     return float(x.mean() / x.std())
 
 
-def _dsr(ic: np.ndarray, sharpes: list[float], extra: dict[str, Any]) -> dict[str, Any]:
+def _dsr(ic: np.ndarray, sharpes: list[float], base: DSR) -> DSR:
     """DSR of `ic` with N = len(sharpes) and V their variance, or a `skipped` reason."""
     n = len(sharpes)
     usable = [x for x in sharpes if not math.isnan(x)]
-    out = dict(extra) | {"n_trials": n}
+    out = replace(base, n_trials=n)
     if math.isnan(_per_period_sharpe(ic)):
         n_obs = int(np.isfinite(ic).sum())
-        return out | {"skipped": f"the selected series has {n_obs} finite IC(s) or no spread"}
+        return replace(out, skipped=f"the selected series has {n_obs} finite IC(s) or no spread")
     if n > 1 and len(usable) < 2:
-        return out | {"skipped": f"{len(usable)} of the {n} trials have a usable IC Sharpe"}
+        return replace(out, skipped=f"{len(usable)} of the {n} trials have a usable IC Sharpe")
     var = float(np.var(usable, ddof=1)) if n > 1 else 0.0
     r = deflated_sharpe_ratio(ic, n_trials=n, sharpe_variance=var)
-    return out | r | {"sharpe_variance": var, "sr0_annual": r["sr0"] * math.sqrt(ANN)}
+    return replace(
+        out, dsr=float(r["dsr"]), psr=float(r["psr"]), sharpe=float(r["sharpe"]),
+        sharpe_annual=float(r["sharpe_annual"]), sr0=float(r["sr0"]),
+        sr0_annual=float(r["sr0"] * math.sqrt(ANN)), sharpe_variance=var,
+        n_obs=int(r["n_obs"]), skew=float(r["skew"]), kurtosis=float(r["kurtosis"]),
+    )  # fmt: skip
 
 
 def all_series(run: Run, stages: list[str]) -> dict[str, Series]:
@@ -153,7 +151,7 @@ def all_series(run: Run, stages: list[str]) -> dict[str, Series]:
     return out
 
 
-def selected_dsr(run: Run, stages_so_far: list[str], selected: str) -> dict[str, Any]:
+def selected_dsr(run: Run, stages_so_far: list[str], selected: str) -> DSR:
     """Deflated Sharpe of the selected trial's daily val IC.
 
     Args:
@@ -163,9 +161,8 @@ def selected_dsr(run: Run, stages_so_far: list[str], selected: str) -> dict[str,
         selected: the trial id whose series is tested (see `selected_trial`).
 
     Returns:
-        `ranker.overfit_stats.deflated_sharpe_ratio`'s dict (dsr, psr, sharpe, sharpe_annual, sr0,
-        n_trials, n_obs, skew, kurtosis) plus `trial_id`, `stages`, `sharpe_variance` and
-        `sr0_annual`; or `skipped` with the reason.
+        The DSR record (`ranker.overfit_stats.deflated_sharpe_ratio`'s figures, the trial id,
+        the stages, V and SR0 annualised), or `skipped` with the reason.
 
     Raises:
         RunDirError: `selected` is not a finished trial of those stages.
@@ -177,11 +174,11 @@ def selected_dsr(run: Run, stages_so_far: list[str], selected: str) -> dict[str,
             f"{list(stages_so_far)}; pass a trial id from their results.csv"
         )
     sharpes = [_per_period_sharpe(s.ic) for s in series.values()]
-    extra = {"trial_id": selected, "stages": list(stages_so_far)}
-    return _dsr(series[selected].ic, sharpes, extra)
+    base = DSR(n_trials=0, stages=tuple(stages_so_far), trial_id=selected)
+    return _dsr(series[selected].ic, sharpes, base)
 
 
-def final_dsr(run: Run, stages: list[str], last_selected: str) -> dict[str, Any]:
+def final_dsr(run: Run, stages: list[str], last_selected: str) -> DSR:
     """DSR of the final model against every trial of the run.
 
     Uses the final model's own val IC series when the run has it, else the last stage's
@@ -192,7 +189,8 @@ def final_dsr(run: Run, stages: list[str], last_selected: str) -> dict[str, Any]
     if own is not None:
         series = all_series(run, stages)
         sharpes = [_per_period_sharpe(s.ic) for s in series.values()]
-        extra = {"series_source": "the final model's own val series", "stages": list(stages)}
-        return _dsr(own.ic, sharpes, extra)
+        base = DSR(n_trials=0, stages=tuple(stages),
+                   series_source="the final model's own val series")  # fmt: skip
+        return _dsr(own.ic, sharpes, base)
     r = selected_dsr(run, stages, last_selected)
-    return r | {"series_source": f"selected trial {last_selected} of stage {stages[-1]!r}"}
+    return replace(r, series_source=f"selected trial {last_selected} of stage {stages[-1]!r}")

@@ -4,7 +4,8 @@ The experiment lives in the stage's attempt directory (`RunDir.stage_path`), Tun
 next to results.csv and best.json (written by `rundir`). Trials are read back only through
 Tune's public API: the `ResultGrid` of `Tuner.fit()` (or of a restored Tuner). Selection follows
 the notebook: each trial's best evaluation by the spec's metric (evaluated every `eval_every`
-epochs); with replicates, a point's score is the mean (or median, or min) over its replicates.
+epochs); with replicates, a point's score is the mean (or median, or min) over its replicates
+(`search.selection`).
 A failed trial is a row with status ERROR and never aborts its stage; a stage with no finished
 trial raises StageFailed.
 """
@@ -12,49 +13,61 @@ trial raises StageFailed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
+import pickle
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
-import numpy as np
+import ray
 from ray import tune
 from ray.util.queue import Empty, Queue
 
 from ranker import storage
 from ranker.config import ConfigError
 from ranker.model import ModelConfig
-from ranker.train import METRICS, TrainConfig
+from ranker.train import TrainConfig
 from search.connect import is_client
-from search.errors import Interrupted, StageFailed
-from search.rundir import ERROR, FINISHED, Best, RunDir, TrialRow
+from search.errors import Interrupted, StageFailed, storage_error, storage_fault
+from search.results import mean_std
+from search.rundir import Best, RunDir, Series, latest_checkpoints, read_checkpoint, read_series
+from search.selection import best_point, point_scores
+from search.significance import assess, in_grid, start_point
 from search.spec import (
     REPLICATE,
-    REPLICATE_SEED_STRIDE,
     SearchSpec,
     StageSpec,
+    replicate_seed,
     resolve_point,
     trial_configs,
 )
 from search.telemetry import StageMetrics, TrialMetrics
 from search.tracking import Tracker
-from search.trainable import TrialJob, run_trial
-from search.trial_result import TrialResult, config_error
+from search.trainable import TrialJob, run_trial, train_point
+from search.trial_result import (
+    ERROR,
+    FINISHED,
+    TrialResult,
+    TrialRow,
+    config_error,
+    error_line,
+)
 
 log = logging.getLogger("liquid_search")
 
 
 def param_space(stage: StageSpec) -> dict[str, Any]:
     space: dict[str, Any] = {k: tune.grid_search(list(v)) for k, v in stage.grid.items()}
-    if stage.seeds > 1:
-        space[REPLICATE] = tune.grid_search(list(range(stage.seeds)))
+    if stage.replicates > 1:
+        space[REPLICATE] = tune.grid_search(list(range(stage.replicates)))
     return space
 
 
-class Progress(tune.Callback):
+class StageProgress(tune.Callback):
     """One log line per finished or failed trial, counted over the stage, and the stage's
     metrics: the trial gauges from every result a trial reports, the per-stage counters.
 
@@ -67,7 +80,7 @@ class Progress(tune.Callback):
 
     def __init__(self, stage: StageSpec, metric: str, run_name: str, relay: Any = None) -> None:
         self.stage, self.metric, self.run_name, self.relay = stage, metric, run_name, relay
-        self.total = len(stage.points) * stage.seeds
+        self.total = stage.n_trials
         self.done = 0
         self._metrics: StageMetrics | None = None
         self._trial_metrics: TrialMetrics | None = None
@@ -135,6 +148,11 @@ class Progress(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.done += 1
         self.metrics.failed()
+        if storage_error(_trial_error(trial)) is not None:
+            self._say(f"[{self.stage.name} {self.done:3d}/{self.total}] "
+                      f"{self.stage.point_text(trial.config)} | stopped: its checkpoint could not "
+                      f"be written (the storage fails)")  # fmt: skip
+            return
         self._say(
             f"[{self.stage.name} {self.done:3d}/{self.total}] "
             f"{self.stage.point_text(trial.config)} | FAILED after {trial.num_failures} "
@@ -142,8 +160,17 @@ class Progress(tune.Callback):
         )
 
 
+def _trial_error(trial: Any) -> BaseException | None:
+    """The exception a failed trial ended with, as Tune keeps it (None when it cannot be read
+    back: a storage that fails may have cut its file short)."""
+    try:
+        return trial.get_pickled_error()
+    except (OSError, EOFError, pickle.UnpicklingError):
+        return OSError("the trial's error could not be read back")
+
+
 class _Relay:
-    """Drains a Progress relay queue into our log, on a thread, while a stage runs."""
+    """Drains a StageProgress relay queue into our log, on a thread, while a stage runs."""
 
     def __init__(self) -> None:
         self.queue = Queue()
@@ -166,12 +193,6 @@ class _Relay:
         self._stop.set()
         self._thread.join(timeout=10)
         self.queue.shutdown()
-
-
-def _error_line(text: str) -> str:
-    """The last line of an error (a traceback ends with the exception), at most 300 chars."""
-    lines = [ln for ln in str(text).strip().splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else ""
 
 
 def run_stage(
@@ -198,23 +219,44 @@ def run_stage(
     t0 = time.time()
     relay_ctx = _Relay() if is_client() else None
     job = TrialJob(spec, stage, base_model, base_train)
-    tuner = _tuner(job, run, data, relay_ctx.queue if relay_ctx is not None else None, tracker)
+    start = start_point(spec, stage, base_model, base_train)
+    relay = relay_ctx.queue if relay_ctx is not None else None
+    tuner = _tuner(job, run, data, relay, tracker)
+    # A start that is no grid point is trained beside the grid, as Ray tasks: the benchmark of
+    # the stage's SPA test (`search.significance`).
+    bench = [] if in_grid(stage, start) else start_trials(job, run, data, start)
     with contextlib.ExitStack() as stack:
         if relay_ctx is not None:
             stack.enter_context(relay_ctx)
-        grid = tuner.fit()
-    total = len(stage.points) * stage.seeds
+        try:
+            grid = tuner.fit()
+        except (OSError, EOFError, pickle.UnpicklingError) as e:
+            _cancel(bench)
+
+            # Tune reads its own files of the stage back as it ends (a trial's error file, its
+            # results): a storage that failed under it left them cut short or unreadable.
+            raise storage_fault(e, run.path, f"reading back Tune's record of stage "
+                                             f"{stage.name!r}") from None  # fmt: skip
+    fault = next((e for r in grid if (e := storage_error(r.error)) is not None), None)
+    if fault is not None:  # a trial could not write its checkpoint: nothing is selected
+        _cancel(bench)
+        raise storage_fault(
+            fault, run.path, f"a trial of stage {stage.name!r} writing its checkpoint"
+        )
+    total = stage.n_trials
     ended = sum(_ended(r, job) for r in grid)
     if ended < total:  # Tune stopped on Ctrl-C (SIGINT) and saved its state: nothing to select
+        _cancel(bench)
         raise Interrupted(
             f"stage {stage.name!r} was interrupted with {total - ended} of {total} trials "
             f"unfinished; nothing was selected from it. Fix: `liquid-search resume {run.path}` "
             f"continues it (finished trials are kept, the others continue from their last "
             f"checkpoint)."
         )
-    rows = collect(stage, run, base_train, grid)
+    rows = collect(stage, run, base_train, grid) + start_rows(job, run, bench, start)
     try:
-        best = select(spec, stage, rows, base_model, base_train, time.time() - t0)
+        best = select(spec, stage, rows, start, _series(run, rows, spec.train.metric), base_model,
+                      base_train, time.time() - t0)  # fmt: skip
     except StageFailed as e:
         run.write_rows(stage, rows)  # for `status`: every trial and its error
         raise StageFailed(
@@ -224,9 +266,78 @@ def run_stage(
     run.write_stage(stage, rows, best)
     log.info(
         f"[{stage.name}] done: {best.trials} trials ({best.errors} failed) in "
-        f"{best.wall_seconds:.0f}s; best {best.metric} {best.value:.3f} at {best.point}"
+        f"{best.wall_seconds:.0f}s; selected {best.metric} {best.value:.3f} at {best.point}"
     )
+    if best.significance is not None:
+        log.info(f"[{stage.name}] {best.significance.sentence()}")
     return best
+
+
+def _cancel(refs: list) -> None:
+    for ref in refs:
+        ray.cancel(ref, force=True)
+
+
+@ray.remote
+def _start_task(config: dict[str, Any], data: dict[str, Any], job: TrialJob) -> Any:
+    return train_point(config, data, job)
+
+
+def start_trials(job: TrialJob, run: RunDir, data: dict[str, Any], start: dict[str, float]) -> list:
+    """The stage's starting point, no grid point, trained as one Ray task per replicate beside
+    the stage's trials, with their resources (a replicate whose whole checkpoint is already in
+    the stage's directory, from before an interrupt, is not trained again)."""
+    res = job.spec.resources
+    refs = []
+    for rep in range(job.stage.replicates):
+        done = _start_checkpoint(job, run, rep)
+        if done is not None:
+            refs.append(ray.put(done))
+            continue
+        config = {**start, **({REPLICATE: rep} if job.stage.replicates > 1 else {})}
+        refs.append(
+            _start_task.options(num_cpus=res.cpu, num_gpus=res.gpu).remote(config, data, job)
+        )
+    log.info(f"[{job.stage.name}] its starting point {start} is no grid point: trained beside "
+             f"the grid ({job.stage.replicates} replicate(s)), the SPA test's benchmark")  # fmt: skip
+    return refs
+
+
+def _start_checkpoint(job: TrialJob, run: RunDir, rep: int) -> tuple | None:
+    """A replicate of the start trained before (its result and checkpoint), if it finished."""
+    path = run.start_checkpoint(job.stage.name, rep)
+    fs, p = storage.filesystem(path)
+    state, series = read_checkpoint(p, fs)
+    if state is None or series is None or state.progress.epoch < job.base_train.epochs:
+        return None
+    return TrialResult.of_evaluation(state.last_evaluation()), None
+
+
+def start_rows(job: TrialJob, run: RunDir, refs: list, start: dict[str, float]) -> list[TrialRow]:
+    """The start's trained replicates as rows of the stage (their checkpoints written to the
+    stage's directory, `RunDir.start_checkpoint`)."""
+    rows = []
+    for rep, (result, ck) in enumerate(ray.get(refs)):
+        path = run.start_checkpoint(job.stage.name, rep)
+        if ck is not None:
+            ck.write(path)
+        rows.append(TrialRow(
+            trial_id=f"start_r{rep}", point=dict(start), replicate=rep,
+            seed=replicate_seed(job.base_train.seed, rep), status=FINISHED, error="",
+            result=result, checkpoint=run.relative(storage.filesystem(path)[1]),
+        ))  # fmt: skip
+    return rows
+
+
+def _series(run: RunDir, rows: list[TrialRow], metric: str) -> dict[str, Series]:
+    """The val series each finished trial saved with its best evaluation, by trial id."""
+    out = {}
+    for r in rows:
+        if r.finished(metric) and r.checkpoint:
+            s = read_series(run.resolve(r.checkpoint))
+            if s is not None:
+                out[r.trial_id] = s
+    return out
 
 
 def _ended(result: Any, job: TrialJob) -> bool:
@@ -256,26 +367,26 @@ def _tuner(
     kept), else a new one over the stage's grid."""
     spec, stage = job.spec, job.stage
     exp_dir = run.stage_path(stage.name)
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, data=data, job=job),
-        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
-    )
     # Tune snapshots the experiment (which trial finished, each one's latest checkpoint) every
     # TUNE_GLOBAL_CHECKPOINT_S seconds; `resume` after a crash starts from that snapshot. Its
     # default ("auto", >= 10 s) could replay up to 10 s of every running trial; a snapshot is a
     # small JSON file, so once a second costs little and bounds the replay to a second.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     if tune.Tuner.can_restore(exp_dir):
-        log.info(f"[{stage.name}] resuming the experiment at {exp_dir} (finished trials are kept)")
-        return tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True)
-    n = len(stage.points) * stage.seeds
+        if _readable(exp_dir):
+            log.info(f"[{stage.name}] resuming the experiment at {exp_dir} (finished trials are "
+                     f"kept)")  # fmt: skip
+            return tune.Tuner.restore(exp_dir, trainable=_trainable(job, data),
+                                      resume_errored=True)  # fmt: skip
+        job = _rebuilt(job, run)
+    trainable = _trainable(job, data)
     log.info(
-        f"[{stage.name}] {n} trials ({len(stage.points)} grid points x {stage.seeds} "
-        f"seed(s)), {spec.resources.cpu:g} CPU / {spec.resources.gpu:g} GPU each, from base "
-        f"{_short(job.base_model, job.base_train)}"
+        f"[{stage.name}] {stage.n_trials} trials ({len(stage.points)} grid points x "
+        f"{stage.replicates} replicate(s)), {spec.resources.cpu:g} CPU / {spec.resources.gpu:g} "
+        f"GPU each, from base {_short(job.base_model, job.base_train)}"
     )
     run_name = os.path.basename(run.path.rstrip("/"))
-    callbacks: list[tune.Callback] = [Progress(stage, spec.train.metric, run_name, relay)]
+    callbacks: list[tune.Callback] = [StageProgress(stage, spec.train.metric, run_name, relay)]
     if tracker is not None:
         callbacks.append(tracker.trial_runs(run_name, spec, stage, job.base_model, job.base_train))
     return tune.Tuner(
@@ -302,6 +413,41 @@ def _tuner(
     )
 
 
+def _trainable(job: TrialJob, data: dict[str, Any]) -> Any:
+    res = job.spec.resources
+    return tune.with_resources(tune.with_parameters(run_trial, data=data, job=job),
+                               {"cpu": res.cpu, "gpu": res.gpu})  # fmt: skip
+
+
+def _readable(exp_dir: str) -> bool:
+    """Whether Tune's record of a stage (its newest experiment state) reads back: a snapshot
+    cut short by a full disk or a store that went away does not."""
+    fs, path = storage.filesystem(exp_dir)
+    try:
+        tune.ExperimentAnalysis(path, storage_filesystem=fs)
+    except (ValueError, KeyError, TypeError, OSError):  # a JSON file cut short, or missing
+        return False
+    return True
+
+
+def _rebuilt(job: TrialJob, run: RunDir) -> TrialJob:
+    """A stage whose Tune record cannot be read, continued in a new attempt directory from its
+    trials' own checkpoints: every trial resumes from its newest whole checkpoint (a finished
+    one reports its end at once), as after Ctrl-C, so the stage ends as it would have."""
+    stage = job.stage
+    old = run.stage_path(stage.name)
+    found = latest_checkpoints(old)
+    name = run.new_attempt(stage.name)
+    have = ("every trial has one" if len(found) >= stage.n_trials else
+            f"{len(found)} of {stage.n_trials} trials have one; the others start afresh")  # fmt: skip
+    log.warning(
+        f"[{stage.name}] Tune's record of the stage in {old} cannot be read (cut short by a "
+        f"storage fault?): continuing it in {run.file(name)} from the trials' own checkpoints "
+        f"({have})"
+    )
+    return replace(job, resume_from={k: uri for k, (uri, _) in found.items()})
+
+
 def _short(m: ModelConfig, t: TrainConfig) -> str:
     return (
         f"hidden=({m.fund_hidden},{m.price_hidden},{m.news_hidden}) "
@@ -321,7 +467,7 @@ def collect(stage: StageSpec, run: RunDir, base_train: TrainConfig, grid: Any) -
         r = TrialResult.from_report(result.metrics)
         error = ""
         if result.error is not None:
-            error = f"{type(result.error).__name__}: {_error_line(str(result.error))}"
+            error = f"{type(result.error).__name__}: {error_line(str(result.error))}"
         elif r is None:
             error = config_error(result.metrics) or "the trial ended without an evaluation"
         rep = int(cfg.get(REPLICATE, 0))
@@ -331,21 +477,10 @@ def collect(stage: StageSpec, run: RunDir, base_train: TrainConfig, grid: Any) -
                 trial_id=os.path.basename(result.path.rstrip("/")).removeprefix(f"{stage.name}_"),
                 point={k: float(cfg[k]) if k in cfg else math.nan for k in keys},
                 replicate=rep,
-                seed=base_train.seed + REPLICATE_SEED_STRIDE * rep,
+                seed=replicate_seed(base_train.seed, rep),
                 status=ERROR if error else FINISHED,
                 error=error,
-                epochs=r.epoch if r else 0,
-                best_epoch=r.best_epoch if r else 0,
-                metrics=dict(r.best_metrics) if r else dict.fromkeys(METRICS, math.nan),
-                train_seconds=r.train_seconds if r else math.nan,
-                restored=r.restored if r else 0,
-                node_id=r.node_id if r else "",
-                device=r.device if r else "",
-                gpu=r.gpu if r else "",
-                gpu_peak_mb=r.gpu_peak_mb if r else math.nan,
-                data_zero_copy=r.data_zero_copy if r else False,
-                mem_private_mb=r.mem_private_mb if r else math.nan,
-                mem_rss_mb=r.mem_rss_mb if r else math.nan,
+                result=r,
                 checkpoint=run.relative(ck.path) if ck is not None else "",
             )
         )
@@ -358,98 +493,50 @@ def select(
     spec: SearchSpec,
     stage: StageSpec,
     rows: list[TrialRow],
+    start: dict[str, float],
+    series: dict[str, Series],
     base_model: ModelConfig,
     base_train: TrainConfig,
     wall_seconds: float,
 ) -> Best:
-    """The best grid point by the spec's metric (replicates combined by stage.select).
+    """The stage's choice by the spec's selection rule, with its tied set and SPA test.
+
+    `best` (the notebook's) takes the grid point with the highest score (replicates combined
+    by stage.combine; the first in grid order among equals). `spa` keeps the stage's starting
+    point unless the SPA test says a grid point beats it at `selection.spa_level`, and then
+    takes the best; where the tests cannot run (too few dates) it takes the best.
 
     Raises:
         StageFailed: no trial finished an evaluation.
     """
     metric = spec.train.metric
-    scored = []
-    for i, p in enumerate(stage.points):
-        vals = [r.metrics[metric] for r in rows if r.matches(p) and r.finished(metric)]
-        if vals:
-            scored.append((stage.combine(vals), -i, p, vals))
-    if not scored:
+    best = best_point(point_scores(stage, [r for r in rows if in_grid(stage, r.point)], metric))
+    if best is None:
         errors = [r.error for r in rows if r.error]
         raise StageFailed(
             f"stage {stage.name!r}: none of its {len(rows)} trials finished an evaluation, so "
             f"there is nothing to select (first error: {errors[0] if errors else 'none'})."
         )
-    value, _, point, vals = max(scored, key=lambda s: (s[0], s[1]))
+    point, vals = best.point, best.values
+    sig = assess(spec, stage, rows, series, start, moved=True)
+    kept = [r.best_metrics[metric] for r in rows if r.matches(start) and r.finished(metric)]
+    if spec.selection.rule == "spa" and sig.skipped is None and not sig.beat_start and kept:
+        point, vals = dict(start), kept
+    sig = dataclasses.replace(sig, moved=not all(float(point[k]) == float(start[k])
+                                                  for k in stage.grid))  # fmt: skip
     mc, tc = resolve_point(spec, base_model, base_train, dict(point))
     return Best(
         stage=stage.name,
         metric=metric,
-        value=value,
+        value=stage.score(vals),
         replicate_values=vals,
-        replicate_std=float(np.std(vals)) if len(vals) > 1 else 0.0,
-        select=stage.select,
+        replicate_std=mean_std(vals).std,
+        combine=stage.combine,
         point=dict(point),
         model=mc.to_dict(),
         train=tc.to_dict(),
         trials=len(rows),
         errors=sum(r.status == ERROR for r in rows),
         wall_seconds=wall_seconds,
+        significance=sig,
     )
-
-
-@dataclass(frozen=True)
-class LiveTrial:
-    """A trial of a stage that has not finished, as Tune last recorded it."""
-
-    trial_id: str
-    point: dict[str, float]
-    replicate: int
-    status: str  # Tune's: PENDING, RUNNING, PAUSED, TERMINATED, ERROR
-    epoch: int
-    best_epoch: int
-    metrics: dict[str, float]  # of the best evaluation so far
-    node_id: str
-    error: str
-
-
-def live_trials(run: RunDir, stage: StageSpec) -> list[LiveTrial] | None:
-    """The trials of an unfinished stage, through `tune.ExperimentAnalysis` (Tune's public
-    reader of its experiment snapshot and of each trial's reported results); works on object
-    stores too. None when Tune has not written its first snapshot yet."""
-    exp_dir = run.stage_path(stage.name)
-    fs, path = storage.filesystem(exp_dir)
-    try:
-        ea = tune.ExperimentAnalysis(path, storage_filesystem=fs)
-    except ValueError:  # "No experiment snapshot file ... was found"
-        return None
-    frames = ea.trial_dataframes
-    out = []
-    for t in ea.trials:
-        last: dict[str, Any] = dict(t.last_result or {})
-        status = t.status
-        df = frames.get(t.trial_id)
-        if df is not None and len(df) and "epoch" in df:
-            fresh = df.iloc[-1].to_dict()  # result.json can be newer than the snapshot
-            if int(fresh.get("epoch", 0)) >= int(last.get("epoch") or 0):
-                last = fresh
-            if status == "PENDING":  # the snapshot predates its first report
-                status = "RUNNING"
-        cfg = t.config or {}
-        r = TrialResult.from_report(last)
-        error = config_error(last) or (
-            _error_line(t.get_error() or "") if t.status == "ERROR" else ""
-        )
-        out.append(
-            LiveTrial(
-                trial_id=t.trial_id,
-                point={k: float(cfg[k]) for k in stage.grid if k in cfg},
-                replicate=int(cfg.get(REPLICATE, 0)),
-                status="ERROR" if error else status,
-                epoch=r.epoch if r else 0,
-                best_epoch=r.best_epoch if r else 0,
-                metrics=dict(r.best_metrics) if r else dict.fromkeys(METRICS, math.nan),
-                node_id=r.node_id if r else "",
-                error=error,
-            )
-        )
-    return out

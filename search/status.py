@@ -1,7 +1,7 @@
 """`liquid-search status`: a run's stages and trials as text, finished or in flight.
 
 A finished stage is shown from its results (`rundir`); a stage in flight or interrupted from
-Tune's own record of its trials (`stages.live_trials`, through `tune.ExperimentAnalysis`), so it
+Tune's own record of its trials (`live.live_trials`, through `tune.ExperimentAnalysis`), so it
 works on a run under s3:// or gs:// as well as on a local one.
 """
 
@@ -15,10 +15,12 @@ from typing import Any, TextIO
 
 from search.analysis import point_table
 from search.final import result_lines
+from search.live import live_trials
 from search.report.document import fmt
-from search.rundir import ERROR, Run, RunDir, StageRecord, TrialRow
+from search.results import Significance
+from search.rundir import Run, RunDir, StageRecord
 from search.spec import REPLICATE
-from search.stages import LiveTrial, live_trials
+from search.trial_result import ERROR, FINISHED, RUNNING, TrialRow
 
 _COLS = ("ic_sharpe", "mean_ic", "long_sharpe", "short_sharpe", "ls_sharpe")
 
@@ -41,39 +43,50 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def _overfitting(run: Run) -> dict[str, str]:
-    """Per stage (and 'final'): PBO and deflated Sharpe from the run's analysis, when written."""
+def _overfitting(run: Run) -> tuple[dict[str, str], str]:
+    """Per stage, PBO and deflated Sharpe from the run's analysis, when written; and the final
+    model's deflated Sharpe ('' when there is none)."""
     a = run.analysis
-    if not a:
-        return {}
+    if a is None:
+        return {}, ""
     out = {}
-    for st in a.get("stages", []):
+    for st in a.stages:
         parts = []
-        pbo = st.get("pbo") or {}
-        if pbo.get("pbo") is not None:
+        if st.pbo.skipped is None:
             parts.append(
-                f"PBO {pbo['pbo']:.2f} (CSCV, S={pbo['n_blocks']}, {pbo['n_trials']} trials)"
+                f"PBO {st.pbo.pbo:.2f} (CSCV, S={st.pbo.n_blocks}, {st.pbo.n_trials} trials)"
             )
-        dsr = st.get("dsr") or {}
-        if dsr.get("dsr") is not None:
-            parts.append(f"deflated Sharpe {dsr['dsr']:.2f} (N={dsr['n_trials']})")
+        if st.dsr.skipped is None:
+            parts.append(f"deflated Sharpe {st.dsr.dsr:.2f} (N={st.dsr.n_trials})")
         if parts:
-            out[st["stage"]] = "; " + "; ".join(parts)
-    fin = a.get("final") or {}
-    if fin.get("dsr") is not None:
-        out["final"] = (
-            f"deflated Sharpe of the final model's val IC {fin['dsr']:.2f} "
-            f"(N={fin['n_trials']} trials, IC Sharpe {fin['sharpe_annual']:.2f} vs the "
-            f"{fin['sr0_annual']:.2f} expected of the best of N by luck)"
+            out[st.stage] = "; " + "; ".join(parts)
+    fin, final = a.final, ""
+    if fin is not None and fin.skipped is None:
+        final = (
+            f"deflated Sharpe of the final model's val IC {fin.dsr:.2f} "
+            f"(N={fin.n_trials} trials, IC Sharpe {fin.sharpe_annual:.2f} vs the "
+            f"{fin.sr0_annual:.2f} expected of the best of N by luck)"
         )
-    return out
+    return out, final
+
+
+def _significance_line(sig: Significance) -> str:
+    """The stage's tied set and SPA test in one line."""
+    if sig.skipped:
+        return f"tied set and SPA test skipped: {sig.skipped}"
+    tied = ", ".join(" ".join(f"{k}={_key(v)}" for k, v in p.items()) for p in sig.tied)
+    start = " ".join(f"{k}={_key(v)}" for k, v in sig.start.items())
+    return (f"tied with the winner: {sig.n_tied} of {sig.n_points} (MCS, {1 - sig.mcs_size:.0%}): "
+            f"{tied}\nSPA vs the start ({start}): p = {sig.spa_pvalue:.3f} "
+            f"({'beaten' if sig.beat_start else 'not beaten'} at {sig.spa_level:g}); rule "
+            f"{sig.rule}: {'moved' if sig.moved else 'kept the start'}")  # fmt: skip
 
 
 def _counts(statuses: list[str], total: int) -> str:
     n = {s: statuses.count(s) for s in set(statuses)}
-    done = n.get("TERMINATED", 0)
+    done = n.get(FINISHED, 0)
     failed = n.get(ERROR, 0)
-    running = n.get("RUNNING", 0)
+    running = n.get(RUNNING, 0)
     pending = total - done - failed - running
     return f"{done}/{total} done, {running} running, {pending} pending, {failed} failed"
 
@@ -82,10 +95,10 @@ def _counts(statuses: list[str], total: int) -> str:
 class StageTrials:
     """A stage's trials as a run shows them: `phase` is "done", "failed" (results but no
     selection: every trial failed), "in flight" (or interrupted: Tune's own record) or "not
-    started"; `rows` are `TrialRow`s from results.csv, or `LiveTrial`s while in flight."""
+    started"; `rows` from results.csv, or from Tune's record while in flight."""
 
     phase: str
-    rows: list[TrialRow] | list[LiveTrial]
+    rows: list[TrialRow]
 
 
 def stage_trials(run: Run, st: StageRecord) -> StageTrials:
@@ -93,7 +106,7 @@ def stage_trials(run: Run, st: StageRecord) -> StageTrials:
     `search.view.RunView.trials` tabulates it."""
     if st.rows is not None:
         return StageTrials("done" if st.done else "failed", st.rows)
-    live = live_trials(run.dir, st.spec)
+    live = live_trials(run.dir, st.spec, run.spec.train.seed)
     if live is None:
         return StageTrials("not started", [])
     return StageTrials("in flight", live)
@@ -102,57 +115,60 @@ def stage_trials(run: Run, st: StageRecord) -> StageTrials:
 def _stage_lines(run: Run, st: StageRecord, overfit: dict[str, str]) -> list[str]:
     spec, metric = st.spec, run.spec.train.metric
     keys = list(spec.grid)
-    total = len(spec.points) * spec.seeds
-    rep = spec.seeds > 1
+    rep = spec.replicates > 1
     header = [*keys, *(["rep"] if rep else []), "status", "epochs", "best_ep", *_COLS]
     got = stage_trials(run, st)
-    rows: list[Any] = got.rows
+    rows = got.rows
     if got.phase == "not started":
-        return [f"\n[{st.name}] not started ({total} trials)"]
+        return [f"\n[{st.name}] not started ({spec.n_trials} trials)"]
     if got.phase == "done":
         assert st.best is not None
         b = st.best
         state = f"done: best {metric} {b.value:.3f} at {b.point}"
         if rep:
-            state += f" ({b.select} of {spec.seeds} seeds, std {b.replicate_std:.3f})"
+            state += f" ({b.combine} of {spec.replicates} replicates, std {b.replicate_std:.3f})"
         state += overfit.get(st.name, "")
     elif got.phase == "failed":
         state = "failed: no trial finished an evaluation"
     else:
         state = "in flight or interrupted (`liquid-search resume` continues it)"
-        scored = [r for r in rows if math.isfinite(r.metrics.get(metric, math.nan))]
+        scored = [r for r in rows if math.isfinite(r.best_metrics.get(metric, math.nan))]
         if scored:
-            best = max(scored, key=lambda r: r.metrics[metric])
+            best = max(scored, key=lambda r: r.best_metrics[metric])
             where = " ".join(f"{k}={_key(v)}" for k, v in best.point.items())
-            state += (f"; best so far {metric} {best.metrics[metric]:.3f} at {where} "
+            state += (f"; best so far {metric} {best.best_metrics[metric]:.3f} at {where} "
                       f"(epoch {best.best_epoch})")  # fmt: skip
-    statuses = [r.status for r in rows]
-    lines = [f"\n[{st.name}] {_counts(statuses, total)}; {state}"]
-    gpus = [getattr(r, "gpu", "") for r in rows]
+    total = max(spec.n_trials, len(rows))  # a start that is no grid point adds trials
+    lines = [f"\n[{st.name}] {_counts([r.status for r in rows], total)}; {state}"]
+    gpus = [r.result.gpu if r.result is not None else "" for r in rows]
     if any(gpus):  # trials on GPUs: say which, and their peak memory
         header.append("device")
     body = []
     for r, gpu in zip(rows, gpus, strict=True):
-        epochs = r.epochs if not isinstance(r, LiveTrial) else r.epoch
+        device = r.result.device if r.result is not None else ""
+        peak = r.result.gpu_peak_mb if r.result is not None else math.nan
         body.append([
             *(_key(r.point.get(k, "")) for k in keys), *([str(r.replicate)] if rep else []),
-            r.status, str(epochs), str(r.best_epoch or "-"),
-            *(fmt(r.metrics.get(c), c) for c in _COLS),
-            *([f"{gpu} ({r.gpu_peak_mb:,.0f} MB peak)" if gpu else r.device] if any(gpus) else []),
+            r.status, str(r.epoch), str(r.best_epoch or "-"),
+            *(fmt(r.best_metrics.get(c), c) for c in _COLS),
+            *([f"{gpu} ({peak:,.0f} MB peak)" if gpu else device] if any(gpus) else []),
         ])  # fmt: skip
     lines.append(table(header, body))
-    errors = [(r.point, r.replicate, r.error) for r in rows if r.error]
-    for point, replicate, error in errors:
-        where = " ".join(f"{k}={_key(v)}" for k, v in point.items())
-        where += f" {REPLICATE}={replicate}" if rep else ""
-        lines.append(f"  error at {where}: {error}")
+    sig = st.best.significance if got.phase == "done" and st.best is not None else None
+    if sig is not None:
+        lines.append(_significance_line(sig))
+    for r in rows:
+        if r.error:
+            where = " ".join(f"{k}={_key(v)}" for k, v in r.point.items())
+            where += f" {REPLICATE}={r.replicate}" if rep else ""
+            lines.append(f"  error at {where}: {r.error}")
     if st.done and rep:
-        pts = point_table(run, st.name)
-        lines.append(f"per point, mean ± std over seeds (selection: {spec.select}):")
+        lines.append(f"per point, mean ± std over replicates (combined by: {spec.combine}):")
         lines.append(table(
             [*keys, "n", *_COLS],
-            [[*(_key(p[k]) for k in keys), str(p["n"]),
-              *(f"{fmt(p[c], c)} ± {fmt(p[c + '_std'], c)}" for c in _COLS)] for p in pts],
+            [[*(_key(p.point[k]) for k in keys), str(p.n),
+              *(f"{fmt(p.mean[c], c)} ± {fmt(p.std[c], c)}" for c in _COLS)]
+             for p in point_table(run, st.name)],
         ))  # fmt: skip
     return lines
 
@@ -164,7 +180,7 @@ def render(run: Run) -> str:
         state = run.info.outcome or ("complete" if run.summary is not None else "running")
         out[0] += f" (started {run.info.started}; {state}"
         out[0] += f", ended {run.info.ended})" if run.info.ended else ")"
-    overfit = _overfitting(run)
+    overfit, final_dsr = _overfitting(run)
     for st in run.stages:
         out += _stage_lines(run, st, overfit)
     s = run.summary
@@ -173,9 +189,9 @@ def render(run: Run) -> str:
         return "\n".join(out)
     out.append("")
     out += result_lines(s)
-    if overfit.get("final"):
-        out.append("        " + overfit["final"])
-    out.append(f"checkpoint {s['checkpoint']}")
+    if final_dsr:
+        out.append("        " + final_dsr)
+    out.append(f"checkpoint {s.checkpoint}")
     return "\n".join(out)
 
 

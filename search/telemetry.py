@@ -7,7 +7,7 @@ file Ray writes into its temp dir (`prom_metrics_service_discovery.json`). Ray p
 with `ray_` and a counter's with `_total` too.
 
 Every series carries `run` (the run directory's name) and `stage`; a trial's also `trial_id` and
-`point` (its grid point as `key=value ...`, with `replicate=r` when a stage has seeds).
+`point` (its grid point as `key=value ...`, with `replicate=r` when a stage has replicates).
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ from ranker.config import ConfigError
 from ranker.model import ModelConfig
 from ranker.train import TrainConfig
 from search.errors import SearchError
-from search.rundir import RunDir
+from search.results import Summary
+from search.rundir import Best, RunDir
 from search.spec import SearchSpec, StageSpec, trial_configs
 from search.trial_result import TrialResult, config_error
 
@@ -147,25 +148,32 @@ class Tracker:
         return TrialRuns(self.uri, self.experiment_id, self.run_id, run_name, spec, stage,
                          base_model, base_train)  # fmt: skip
 
-    def log_stage(self, stage: str, point: dict[str, Any], value: float) -> None:
-        """A stage's selection: its grid point as params, its value as a metric."""
-        _log(self.client, self.run_id, params=_params(f"{stage}.", point),
-             metrics={f"{stage}.best": value})  # fmt: skip
+    def log_stage(self, best: Best) -> None:
+        """A stage's selection: its grid point as params, its value, how many configs are tied
+        with it and the SPA p-value against the stage's start as metrics."""
+        metrics = {f"{best.stage}.best": best.value}
+        sig = best.significance
+        if sig is not None and sig.skipped is None:
+            metrics |= {
+                f"{best.stage}.n_tied": sig.n_tied,
+                f"{best.stage}.spa_pvalue": sig.spa_pvalue,
+            }
+        _log(self.client, self.run_id, params=_params(f"{best.stage}.", best.point),
+             metrics=metrics)  # fmt: skip
 
-    def log_final(self, summary: dict[str, Any], run: RunDir) -> None:
+    def log_final(self, summary: Summary, run: RunDir) -> None:
         """The final results as metrics, and the run's documents as artifacts."""
         m: dict[str, float] = {}
-        for role in ("final", "baseline", "base_config"):
-            part = summary.get(role) or {}
-            m |= _metrics(f"{role}.test.", part.get("test")) | _metrics(
-                f"{role}.val.", part.get("val")
-            )
-            m |= _metrics(f"{role}.costs.", part.get("costs"))
-        for key, c in (summary.get("search_vs_base") or {}).items():
-            if isinstance(c, dict):
-                m |= _metrics(f"search_vs_base.{key}.", c)
-        for rule, r in ((summary.get("universes") or {}).get("by_rule") or {}).items():
-            m |= _metrics(f"universe.{rule}.test.", r.get("test"))
+        for role, part in summary.models.items():
+            m |= _metrics(f"{role}.test.", part.test) | _metrics(f"{role}.val.", part.val)
+            m |= _metrics(f"{role}.costs.", part.costs)
+        if summary.search_vs_base is not None:
+            for key, c in summary.search_vs_base.by_metric.items():
+                m |= _metrics(f"search_vs_base.{key}.",
+                              {"final": c.a, "base": c.b, "diff": c.diff, "se": c.se})  # fmt: skip
+        if summary.universes is not None:
+            for rule, r in summary.universes.by_rule.items():
+                m |= _metrics(f"universe.{rule}.test.", r.test)
         _log(self.client, self.run_id, metrics=m)
         self.log_documents(run)
 

@@ -17,15 +17,14 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ranker import checkpoint
-from ranker.costs import CostModel
 from ranker.train import METRICS
 from search.analysis import analyze, point_table
 from search.errors import RunDirError
 from search.report.figures import cumulative_figure, grid_figure, ic_figure, val_test_figure
 from search.report.universes import universe_figure
+from search.results import Analysis, Summary
 from search.rundir import Run, RunDir
 from search.spec import REPLICATE, SearchSpec
-from search.stages import LiveTrial
 from search.status import render, stage_trials
 
 
@@ -79,10 +78,17 @@ class RunView:
         return (info.outcome if info is not None else None) or "running"
 
     @property
-    def summary(self) -> dict[str, Any] | None:
-        """summary.json: each stage's best, the final model, baseline, base config,
-        search-vs-base and universe comparisons (None until the run is complete)."""
+    def summary(self) -> Summary | None:
+        """summary.json (`search.results.Summary`): each stage's best, the final model,
+        baseline, base config, search-vs-base and universe comparisons (None until the run is
+        complete)."""
         return self._run.summary
+
+    @property
+    def analysis(self) -> Analysis:
+        """analysis.json (`search.results.Analysis`): PBO, DSR and the per-point tables of the
+        finished stages (computed from the trials' val series when the run has not written it)."""
+        return self._run.analysis or analyze(self._run, None, self.spec.train.k)
 
     def status(self) -> str:
         """What `liquid-search status` prints."""
@@ -98,10 +104,9 @@ class RunView:
         keys = list(st.spec.grid)
         rows = []
         for r in got.rows:
-            epochs = r.epoch if isinstance(r, LiveTrial) else r.epochs
             rows.append({"trial_id": r.trial_id, **{k: r.point.get(k, math.nan) for k in keys},
-                         REPLICATE: r.replicate, "status": r.status, "epochs": epochs,
-                         "best_epoch": r.best_epoch, **{m: r.metrics.get(m, math.nan)
+                         REPLICATE: r.replicate, "status": r.status, "epochs": r.epoch,
+                         "best_epoch": r.best_epoch, **{m: r.best_metrics.get(m, math.nan)
                                                         for m in METRICS}, "error": r.error})  # fmt: skip
         cols = ["trial_id", *keys, REPLICATE, "status", "epochs", "best_epoch", *METRICS, "error"]
         return pd.DataFrame(rows, columns=cols)
@@ -116,7 +121,13 @@ class RunView:
     def points(self, stage: str) -> pd.DataFrame:
         """One row per grid point of a finished stage: every metric's mean and std over its
         replicates, the selection value and whether it was selected."""
-        return pd.DataFrame(point_table(self._run, stage)).drop(columns="trial_ids")
+        st = self._run.stage(stage)
+        return pd.DataFrame([
+            {**p.point, "n": p.n, "errors": p.errors, **p.mean,
+             **{f"{m}_std": v for m, v in p.std.items()}, "value": p.value,
+             "selected": p.selected} for p in point_table(self._run, stage)
+        ], columns=[*st.spec.grid, "n", "errors", *METRICS, *(f"{m}_std" for m in METRICS),
+                    "value", "selected"])  # fmt: skip
 
     def best(self, stage: str) -> dict[str, Any] | None:
         """A finished stage's selection: point, value, and the model and train configs it
@@ -126,6 +137,21 @@ class RunView:
             return None
         return {"point": b.point, "value": b.value, "metric": b.metric, "model": b.model,
                 "train": b.train}  # fmt: skip
+
+    def significance(self) -> pd.DataFrame:
+        """Per finished stage, its selection under noise: how many grid points are tied with
+        the winner (the MCS) and which, the SPA p-value against the stage's starting point, the
+        rule used, and whether the stage moved from its start."""
+        rows = {}
+        for st in self._run.finished:
+            sig = st.best.significance if st.best is not None else None
+            if sig is None:
+                continue
+            rows[st.name] = {"n_tied": sig.n_tied, "n_points": sig.n_points,
+                             "tied": [dict(p) for p in sig.tied], "spa_pvalue": sig.spa_pvalue,
+                             "spa_level": sig.spa_level, "rule": sig.rule, "moved": sig.moved,
+                             "start": dict(sig.start), "skipped": sig.skipped}  # fmt: skip
+        return pd.DataFrame.from_dict(rows, orient="index")
 
     @property
     def best_configs(self) -> dict[str, dict[str, Any]]:
@@ -139,32 +165,29 @@ class RunView:
         `split` ("test" or "val"), one row each, and the planted oracle on a synthetic market."""
         s = self._require_summary()
         rows = {}
-        for role in ("final", "base_config", "baseline"):
-            part = s.get(role)
-            if part:
-                rows[role] = {**part[split], **(part.get("costs", {}) if split == "test" else {})}
-        oracle = s["final"].get("oracle_test")
-        if oracle and split == "test":
-            rows["oracle"] = dict(oracle)
+        for role, part in s.models.items():
+            metrics = part.test if split == "test" else part.val
+            rows[role] = {**metrics, **(part.costs if split == "test" else {})}
+        if s.final.oracle_test and split == "test":
+            rows["oracle"] = dict(s.final.oracle_test)
         return pd.DataFrame.from_dict(rows, orient="index")
 
     def seeds(self) -> pd.DataFrame:
-        """Each seed's own test metrics, for every model trained with seeds."""
+        """Each member's own test metrics (one seed each), for every model of the final phase."""
         s = self._require_summary()
-        rows = []
-        for role in ("final", "base_config", "baseline"):
-            for x in (s.get(role) or {}).get("seeds", []):
-                rows.append({"model": role, "seed": x["seed"], **x["test"]})
+        rows = [{"model": role, "seed": x.seed, **x.test}
+                for role, part in s.models.items() for x in part.members]  # fmt: skip
         return pd.DataFrame(rows)
 
     def universes(self) -> pd.DataFrame:
         """The final model on the test set as each universe rule picks it, and the names a
         test day each keeps."""
-        u = self._require_summary().get("universes") or {}
+        u = self._require_summary().universes
+        by_rule = u.by_rule if u is not None else {}
         return pd.DataFrame.from_dict(
-            {rule: {"names_per_test_day": r["names_per_test_day"],
-                    "turnover_per_day": r["turnover_per_day"], "test_rows": r["test_rows"],
-                    **r["test"]} for rule, r in (u.get("by_rule") or {}).items()},
+            {rule: {"names_per_test_day": r.names_per_test_day,
+                    "turnover_per_day": r.turnover_per_day, "test_rows": r.test_rows,
+                    **r.test} for rule, r in by_rule.items()},
             orient="index")  # fmt: skip
 
     def universe_timeline(self) -> pd.DataFrame:
@@ -187,12 +210,8 @@ class RunView:
     def overfitting(self) -> pd.DataFrame:
         """Per finished stage: PBO and the deflated Sharpe ratio of its selection (from
         analysis.json, or computed from the trials' val series)."""
-        a = self._run.analysis or analyze(self._run, None, self.spec.train.k)
-        rows = {}
-        for st in a["stages"]:
-            pbo, dsr = st.get("pbo") or {}, st.get("dsr") or {}
-            rows[st["stage"]] = {"pbo": pbo.get("pbo", math.nan), "dsr": dsr.get("dsr", math.nan),
-                                 "n_trials": dsr.get("n_trials"), "value": st["value"]}  # fmt: skip
+        rows = {st.stage: {"pbo": st.pbo.pbo, "dsr": st.dsr.dsr, "n_trials": st.dsr.n_trials,
+                           "value": st.value} for st in self.analysis.stages}  # fmt: skip
         return pd.DataFrame.from_dict(rows, orient="index")
 
     def model(self) -> checkpoint.Ranker:
@@ -207,26 +226,28 @@ class RunView:
         model's cumulative test returns, daily IC and the universe rules over time."""
         run, m = self._run, self.spec.train.metric
         out: dict[str, Figure] = {}
-        a = run.analysis or analyze(run, None, self.spec.train.k)
-        by_stage = {s["stage"]: s for s in a["stages"]}
+        a = self.analysis
         for st in run.finished:
-            out[f"grid_{st.name}.png"] = grid_figure(st.spec, st.rows or [], m,
-                                                     by_stage[st.name]["selected_point"])  # fmt: skip
+            entry = a.stage(st.name)
+            selected = entry.selected_point if entry is not None else {}
+            sig = st.best.significance if st.best is not None else None
+            out[f"grid_{st.name}.png"] = grid_figure(st.spec, st.rows or [], m, selected,
+                                                     sig.tied if sig else ())  # fmt: skip
         vt = val_test_figure(a, run.summary, m)
         if vt is not None:
             out["val_vs_test.png"] = vt[0]
         s = run.summary
         z = run.final_series("final", "test")
         if s is not None and z is not None:
-            costs = CostModel(**s["costs_model"])
-            out["test_cumulative_returns.png"] = cumulative_figure(z, costs, self.spec.train.k)
+            out["test_cumulative_returns.png"] = cumulative_figure(z, s.costs_model,
+                                                                   self.spec.train.k)  # fmt: skip
             out["test_daily_ic.png"] = ic_figure(z, run.final_series("baseline", "test"))
             t = run.dir.read_universe_timeline()
             if t is not None:
                 out["universes.png"] = universe_figure(t)
         return out
 
-    def _require_summary(self) -> dict[str, Any]:
+    def _require_summary(self) -> Summary:
         if self._run.summary is None:
             raise RunDirError(
                 f"{self.path}: the run is not complete ({self.state}); its final model is not "

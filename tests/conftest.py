@@ -151,12 +151,13 @@ def smoke_run(tiny_market: Path, ray_local, tmp_path_factory: pytest.TempPathFac
 
 
 GRID = {"stages.architecture.grid": "{latent_scale: [0.5, 1.0], news_alpha: [0.6, 1.0]}",
-        "stages.architecture.seeds": "2"}  # fmt: skip
+        "stages.architecture.replicates": "2"}  # fmt: skip
 
 
 @pytest.fixture(scope="session")
 def grid_run(tiny_market: Path, ray_local, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Stage 'architecture' alone on a 2 x 2 grid with 2 seeds (8 trials), no final model."""
+    """Stage 'architecture' alone on a 2 x 2 grid with 2 replicates (8 trials, and 2 more of its
+    start, news_alpha 0.8, no grid point: the SPA test's benchmark), no final model."""
     run_dir = tmp_path_factory.mktemp("runs") / "grid"
     run_search(smoke_spec(tiny_market, **GRID), run_dir, stop_after="architecture")
     return run_dir

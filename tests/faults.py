@@ -12,12 +12,15 @@ FAULT_JSON: {"stage": "architecture", "point": {...}, "epoch": 2, "mode": "once"
 - once: the trial's first attempt raises after its checkpoint of that epoch;
 - always: every attempt raises from that epoch on;
 - hang: the first attempt writes {"epoch": ...} to `marker` (a path or URI) after its
-  checkpoint of that epoch, then sleeps: a trial to interrupt or kill mid-stage.
+  checkpoint of that epoch, then sleeps: a trial to interrupt or kill mid-stage;
+- pause: as hang, but it goes on once the file `release` exists: a moment, chosen by the test,
+  to take the storage away before the trial's next checkpoint.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -57,8 +60,12 @@ def faulty_trial(config: dict[str, Any], data: dict[str, Any], job: Any) -> None
             on_eval(ev)  # the report and its checkpoint first
             if not hits(fault, config, ev.epoch, resume is not None):
                 return
-            if fault.get("mode") == "hang":
+            if fault.get("mode") in ("hang", "pause"):
                 storage.write_text(fault["marker"], json.dumps({"epoch": ev.epoch, **config}))
+                if fault["mode"] == "pause":
+                    while not os.path.exists(fault["release"]):
+                        time.sleep(0.1)
+                    return
                 time.sleep(24 * 3600)
             raise InjectedFault(f"injected fault at epoch {ev.epoch} of trial {config}")
 
@@ -89,8 +96,9 @@ def main(argv: list[str]) -> int:
     from search.cli import main as cli_main
 
     FAULT.update(json.loads(argv[0]))
-    assert FAULT.get("mode", "once") in ("once", "always", "hang"), FAULT
-    assert FAULT.get("mode") != "hang" or FAULT.get("marker"), "a hang fault needs a marker"
+    assert FAULT.get("mode", "once") in ("once", "always", "hang", "pause"), FAULT
+    assert FAULT.get("mode") not in ("hang", "pause") or FAULT.get("marker"), "it needs a marker"
+    assert FAULT.get("mode") != "pause" or FAULT.get("release"), "a pause needs a release file"
     if __name__ != "__main__":  # (cloudpickle ships what __main__ defines by value anyway)
         # The workers cannot import this module (tests/ is not installed): ship it by value.
         cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -34,7 +34,7 @@ def status_tables(text: str) -> dict[str, list[dict[str, str]]]:
         header = re.split(r"\s{2,}", lines[i + 1].strip())
         rows = []
         for row in lines[i + 3 :]:
-            if not row.strip() or row.startswith(("[", "  error", "per point")):
+            if not row.strip() or row.startswith(("[", "  error", "per point", "tied with")):
                 break
             rows.append(dict(zip(header, re.split(r"\s{2,}", row.strip()), strict=False)))
         out[m.group(1)] = rows
@@ -73,11 +73,12 @@ def test_a_finished_run_reads_as_status_prints_it(smoke_run: Path):
         assert best["value"] == pytest.approx(chosen["ic_sharpe"]), stage
     s = view.summary
     fm = view.final_metrics()
-    assert fm.loc["final", "ic_sharpe"] == pytest.approx(s["final"]["test"]["ic_sharpe"])
+    assert fm.loc["final", "ic_sharpe"] == pytest.approx(s.final.test["ic_sharpe"])
+    assert list(fm.index) == ["final", "base", "baseline", "oracle"]
     assert list(view.seeds()["seed"][:3]) == [0, 1000, 2000]
     assert set(view.figures()) >= {"grid_architecture.png", "test_cumulative_returns.png"}
     ic = view.series("final", "test")["ic"]
-    assert ic.mean() == pytest.approx(s["final"]["test"]["mean_ic"])
+    assert ic.mean() == pytest.approx(s.final.test["mean_ic"])
 
 
 def test_a_run_that_is_not_there_is_one_error(tmp_path):

@@ -20,6 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,38 +62,79 @@ def _stop_clean(cluster: LocalCluster) -> None:
     assert _ray_daemons(tag) == []
 
 
-def test_trials_spread_over_two_nodes(make_cluster, tiny_market, tmp_path):
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory, spawns_ray) -> Iterator[LocalCluster]:
+    """One two-node cluster (one CPU on the head, one on a worker; the dashboard with its Jobs
+    API, token auth as Ray 2.59+ turns it on) for the tests that only use it: a job submitted
+    through the REST API whose trials spread over both nodes, and token auth. Its clean shutdown
+    is checked at the end."""
+    cluster = LocalCluster(head_cpus=1, worker_cpus=(1,), object_store_mb=250,
+                           dashboard=True).start()  # fmt: skip
+    try:
+        yield cluster
+        _stop_clean(cluster)
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def rest_job(shared: LocalCluster, tiny_market: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The smoke search submitted to `shared` as a job through the Jobs REST API, followed to
+    its end: (job, its logs, its run directory)."""
+    storage = tmp_path_factory.mktemp("runs")
+    # runtime_env {}: every node is this machine, where the package is installed and the venv's
+    # bin is on the cluster's PATH; the driver starts in the cluster's working directory (the
+    # repo root), so the relative config path resolves. On a real cluster the repo would travel
+    # as a working_dir, which over raw REST must first be uploaded to /api/packages/ (what
+    # `ray job submit --working-dir .` does for you).
+    entrypoint = (f"liquid-search run --config configs/smoke.yaml --storage {storage} "
+                  f"--name job data.source={tiny_market}")  # fmt: skip
+    status, out = _api(shared, "POST", "/api/jobs/", {"entrypoint": entrypoint, "runtime_env": {}})
+    assert status == 200, out
+    sid = out["submission_id"]
+    deadline = time.time() + 300
+    while True:
+        status, job = _api(shared, "GET", f"/api/jobs/{sid}")
+        assert status == 200, job
+        if job["status"] in TERMINAL or time.time() > deadline:
+            break
+        time.sleep(1)
+    status, logs = _api(shared, "GET", f"/api/jobs/{sid}/logs")
+    assert status == 200, logs
+    return job, logs["logs"], storage / "job", entrypoint
+
+
+def test_trials_spread_over_two_nodes(shared: LocalCluster, rest_job):
     """Head and worker advertise one CPU each, so the two trials of a stage must use both; the
     worker reads the Panels from its own object store (copied there by Ray), zero-copy."""
-    cluster = make_cluster(head_cpus=1, worker_cpus=(1,), object_store_mb=250)
-    head, (worker,) = cluster.info["head"], cluster.info["workers"]
-    run_dir = tmp_path / "runs" / "two"
-    r = subprocess.run(_search(cluster, tmp_path / "runs", "two", f"data.source={tiny_market}"),
-                       capture_output=True, text=True, env=cluster.env(), timeout=300)  # fmt: skip
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    head, (worker,) = shared.info["head"], shared.info["workers"]
+    job, logs, run_dir, _ = rest_job
+    assert job["status"] == "SUCCEEDED", f"{job['status']}: {job.get('message')}\n{logs[-3000:]}"
 
     nodes = set()
     for st in RunDir(str(run_dir)).load().stages:
         rows = st.rows
         assert len(rows) == 2 and all(x.status == "TERMINATED" for x in rows), rows
-        assert all(x.data_zero_copy for x in rows), (
+        assert all(x.result.data_zero_copy for x in rows), (
             f"[{st.name}] every trial, on either node, must read the object store's copy: "
-            f"{[(x.node_id[:8], x.data_zero_copy) for x in rows]}"
+            f"{[(x.result.node_id[:8], x.result.data_zero_copy) for x in rows]}"
         )
-        nodes |= {x.node_id for x in rows}
+        nodes |= {x.result.node_id for x in rows}
     assert nodes == {head, worker}, f"trials ran on {nodes}; the cluster is {head=} {worker=}"
     for f in ("spec.yaml", "run.json", "summary.json", "final/model.pt"):
         assert (run_dir / f).is_file(), f
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [s["stage"] for s in summary["stages"]] == STAGES
-    _stop_clean(cluster)
 
 
 def test_through_ray_client_each_line_once(make_cluster, tiny_market, tmp_path):
     """`--address ray://...`: Tune runs each stage in an actor on the cluster; the driver still
-    prints each per-trial line once, and none of Tune's own boxes and tables."""
+    prints each per-trial line once, and none of Tune's own boxes and tables. (A cluster of its
+    own: a Ray Client server beside the dashboard's runtime-env agent could not start a client's
+    server here.)"""
     cluster = make_cluster(head_cpus=2, worker_cpus=(), client=True)
-    args = _search(cluster, tmp_path / "runs", "rc", f"data.source={tiny_market}")
+    args = _search(cluster, tmp_path / "runs", "rc", f"data.source={tiny_market}",
+                   "final.seeds=1", "final.baseline=false", "final.compare_base=false")  # fmt: skip
     args[args.index("--address") + 1] = cluster.client_address
     r = subprocess.run(args, capture_output=True, text=True, env=cluster.env(), timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -121,59 +163,36 @@ def _api(cluster: LocalCluster, method: str, path: str, body: Any = None,
         return e.code, e.read().decode(errors="replace")
 
 
-def test_job_submitted_through_the_rest_api(make_cluster, tiny_market, tmp_path):
+def test_job_submitted_through_the_rest_api(shared: LocalCluster, rest_job):
     """POST /api/jobs/ with the bearer token, follow the job to SUCCEEDED, read its logs."""
-    cluster = make_cluster(head_cpus=2, worker_cpus=(), dashboard=True)
-
     # Token auth is on (as Ray 2.59+ does for local clusters): no header 401, a wrong one 403,
     # and a refused submission creates no job.
-    status, text = _api(cluster, "GET", "/api/jobs/", token=None)
+    status, text = _api(shared, "GET", "/api/jobs/", token=None)
     assert status == 401, (status, text)
-    status, text = _api(cluster, "GET", "/api/jobs/", token="0" * 64)
+    status, text = _api(shared, "GET", "/api/jobs/", token="0" * 64)
     assert status == 403, (status, text)
-    status, text = _api(cluster, "POST", "/api/jobs/", {"entrypoint": "true"}, token=None)
+    status, text = _api(shared, "POST", "/api/jobs/", {"entrypoint": "true"}, token=None)
     assert status == 401, (status, text)
-    assert _api(cluster, "GET", "/api/jobs/") == (200, [])
-
-    # runtime_env {}: every node is this machine, where the package is installed and the venv's
-    # bin is on the cluster's PATH; the driver starts in the cluster's working directory (the
-    # repo root), so the relative config path resolves. On a real cluster the repo would travel
-    # as a working_dir, which over raw REST must first be uploaded to /api/packages/ (what
-    # `ray job submit --working-dir .` does for you).
-    storage = tmp_path / "runs"
-    entrypoint = (f"liquid-search run --config configs/smoke.yaml --storage {storage} "
-                  f"--name job data.source={tiny_market}")  # fmt: skip
-    status, out = _api(cluster, "POST", "/api/jobs/", {"entrypoint": entrypoint, "runtime_env": {}})
-    assert status == 200, out
-    sid = out["submission_id"]
-
-    deadline = time.time() + 300
-    while True:
-        status, job = _api(cluster, "GET", f"/api/jobs/{sid}")
-        assert status == 200, job
-        if job["status"] in TERMINAL or time.time() > deadline:
-            break
-        time.sleep(1)
-    status, logs = _api(cluster, "GET", f"/api/jobs/{sid}/logs")
-    assert status == 200, logs
-    logs = logs["logs"]
+    job, logs, run_dir, entrypoint = rest_job
+    status, jobs = _api(shared, "GET", "/api/jobs/")  # the refused submission made none
+    submitted = [j["submission_id"] for j in jobs if j.get("type") == "SUBMISSION"]
+    assert status == 200 and submitted == [job["submission_id"]], jobs
     assert job["status"] == "SUCCEEDED", f"{job['status']}: {job.get('message')}\n{logs[-3000:]}"
     assert job["driver_exit_code"] == 0 and job["entrypoint"] == entrypoint
 
     per_trial = re.findall(r"^\[(\w+)\s+\d+/2\] ", logs, flags=re.M)
     assert sorted(per_trial) == sorted(STAGES * 2), logs[-3000:]
-    assert "summary:" in logs and (storage / "job" / "summary.json").is_file()
-    assert (storage / "job" / "final" / "model.pt").is_file()
-    _stop_clean(cluster)
+    assert "summary:" in logs and (run_dir / "summary.json").is_file()
+    assert (run_dir / "final" / "model.pt").is_file()
 
 
-def test_token_auth_is_left_to_ray(make_cluster):
+def test_token_auth_is_left_to_ray(shared: LocalCluster):
     """A token-auth cluster on this machine: `--address auto` from a shell that has the token but
     never exported RAY_AUTH_MODE connects (Ray turns token mode on itself for a cluster it finds
     here); an explicit address is never retried with the local token: the driver stops with one
     line telling the user to export RAY_AUTH_MODE=token. (Ray refuses only after ~20 s of
     retries; both run at once.)"""
-    cluster = make_cluster(head_cpus=1, worker_cpus=())
+    cluster = shared
     procs = {}
     for case, address in (("auto", "auto"), ("explicit", cluster.address)):
         env = cluster.env()  # the token stays readable through RAY_AUTH_TOKEN_PATH
@@ -192,13 +211,12 @@ def test_token_auth_is_left_to_ray(make_cluster):
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
     stdout, stderr = out["auto"]
-    assert procs["auto"].returncode == 0 and "joined 1 node(s)" in stdout, stdout + stderr[-3000:]
+    assert procs["auto"].returncode == 0 and "joined 2 node(s)" in stdout, stdout + stderr[-3000:]
     stdout, stderr = out["explicit"]
     assert procs["explicit"].returncode == 2, stdout + stderr[-3000:]
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("error: the cluster at ") and "export RAY_AUTH_MODE=token" in last
     assert "Traceback" not in stderr and "retrying" not in stderr
-    _stop_clean(cluster)
 
 
 # Connect the way the CLI does and report; errors as the CLI prints them.
@@ -277,9 +295,9 @@ def test_worker_node_killed_mid_stage(make_cluster, tiny_market, tmp_path):
     rows = {f"architecture_{r.trial_id}": r for r in st.rows}
     assert len(rows) == 6 and all(r.status == "TERMINATED" for r in rows.values()), rows
     v = rows[victim]
-    assert v.restored >= 1, f"{victim} was not resumed from its checkpoint: {v}"
-    assert v.node_id != worker and v.epochs == epochs, v
-    assert all(r.data_zero_copy for r in rows.values())
+    assert v.result.restored >= 1, f"{victim} was not resumed from its checkpoint: {v}"
+    assert v.result.node_id != worker and v.epoch == epochs, v
+    assert all(r.result.data_zero_copy for r in rows.values())
     assert st.best is not None and st.best.trials == 6 and st.best.errors == 0
     assert (run_dir / "summary.json").is_file() and (run_dir / "final" / "model.pt").is_file()
     _stop_clean(cluster)

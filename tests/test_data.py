@@ -108,7 +108,7 @@ def test_trailing_mode_matches_pandas_rolling(tiny_market):
     df = pd.read_parquet(tiny_market / schema.DATASET_FILE, columns=["feature_date", "symbol"])
     m = df.merge(pr[["symbol", "date", "trail"]], left_on=["symbol", "feature_date"],
                  right_on=["symbol", "date"], how="left")  # fmt: skip
-    assert ds.info["liquid_rows"] == int((m["trail"] >= 50e6).sum())
+    assert ds.info.liquid_rows == int((m["trail"] >= 50e6).sum())
 
 
 def test_uri_source(tiny_market):
@@ -264,9 +264,9 @@ def test_every_layout_loads_to_identical_panels(tiny_market, tiny_dataset, tmp_p
 def test_small_batches_give_identical_panels(tiny_market, tiny_dataset, monkeypatch):
     """Batches of a few hundred rows (runs of row groups, groups split in batches) change
     nothing."""
-    import ranker.data as data
+    import ranker.inputs as inputs
 
-    monkeypatch.setattr(data, "BATCH_BYTES", 400 * 796 * 4)
+    monkeypatch.setattr(inputs, "BATCH_BYTES", 400 * 796 * 4)
     _assert_same_panels(load(tiny_market, full_universe=True, threads=False), tiny_dataset)
 
 

@@ -218,3 +218,21 @@ def test_bf16_news_matmul_computes_the_same_step(fused_calls):
         assert cos > 0.98, (k, cos)
     # Not vacuous: bf16 rounding does show in the news encoder's first-layer gradient.
     assert not torch.equal(got[0]["news_encoder.0.weight"], got[1]["news_encoder.0.weight"])
+
+
+def test_the_fused_step_knows_every_layer_of_the_model():
+    """The fused step is written against the model's layers as they are: three Encoders and a
+    Head, each exactly Linear - ReLU - Dropout - Linear (- ReLU), reached through `branches()`.
+    A layer added anywhere (a LayerNorm, a GELU, a fourth branch) fails here by name, before the
+    loss comparison above would catch it as a mismatch of numbers."""
+    model = MultiBranchRanker(ModelConfig())
+    encoder = [torch.nn.Linear, torch.nn.ReLU, model_module.Dropout, torch.nn.Linear,
+               torch.nn.ReLU]  # fmt: skip
+    head = encoder[:4]
+    layout = {"fund_encoder": encoder, "price_encoder": encoder, "news_encoder": encoder,
+              "output_head": head}  # fmt: skip
+    assert [name for name, _ in model.named_children()] == list(layout)
+    for name, child in model.named_children():
+        assert [type(m) for m in child] == layout[name], name
+    assert [enc for enc, _ in model.branches()] == [model.fund_encoder, model.price_encoder,
+                                                    model.news_encoder]  # fmt: skip

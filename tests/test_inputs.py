@@ -197,7 +197,7 @@ def test_resume_takes_overrides_only_where_safe(home, tiny_market):
         "train.epochs": (["resume", rd.path, "train.epochs=9"],
                          "override 'train.epochs=9': only ['final', 'costs', 'resources', "
                          "'max_concurrent', 'max_failures'] may change"),
-        "stages": (["resume", rd.path, "stages.dropout.seeds=2"], "may change when a run resumes"),
+        "stages": (["resume", rd.path, "stages.dropout.replicates=2"], "may change when a run resumes"),
         "final.epochs=0": (["resume", rd.path, "final.epochs=0"], "final.epochs=0: must be"),
         "--data ''": (["resume", rd.path, "--data", ""], "--data='': empty"),
     }  # fmt: skip
@@ -259,5 +259,5 @@ def test_rows_outside_a_symbols_price_history_are_counted(tiny_market, tmp_path)
     src = _with_prices(tiny_market, tmp_path / "m", lambda t: t.filter(pa.array(keep)))
     lines: list[str] = []
     ds = load(src, log=lines.append)
-    n = ds.info["rows_outside_price_history"]
+    n = ds.info.rows_outside_price_history
     assert n > 0 and f"{n:,} rows fall outside their symbol's price history" in lines[0], lines

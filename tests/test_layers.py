@@ -148,3 +148,16 @@ def test_the_run_directory_doc_lists_every_file():
     assert len(names) >= 12, names
     missing = [n for n in names if n not in doc]
     assert not missing, f"docs/run-directory.md does not mention {missing}"
+
+
+def test_the_results_documents_are_read_by_attribute():
+    """summary.json and analysis.json are records (`search.results`): outside that module no
+    code under search/ reads them by string key."""
+    pattern = re.compile(r'summary\[|summary\.get\(|analysis\[|analysis\.get\(|\["final"\]')
+    found = []
+    for name, path in _modules().items():
+        if name.startswith("search") and name != "search.results":
+            found += [f"{path.relative_to(ROOT)}:{i}: {line.strip()}"
+                      for i, line in enumerate(path.read_text().splitlines(), 1)
+                      if pattern.search(line)]  # fmt: skip
+    assert not found, "\n".join(found)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -41,8 +42,7 @@ window.addEventListener("load", function () {
 @pytest.fixture(scope="module")
 def smoke_report(smoke_run: Path, tiny_dataset) -> tuple[Path, Path]:
     run = RunDir(str(smoke_run)).load()
-    run.analysis = analyze(run, tiny_dataset.test, k=5)
-    md, html = write_report(run)
+    md, html = write_report(dataclasses.replace(run, analysis=analyze(run, tiny_dataset.test, k=5)))
     return Path(md), Path(html)
 
 
@@ -129,10 +129,11 @@ def test_report_of_a_replicated_two_key_stage(grid_run: Path):
     assert "Final model on the test set" not in text, "no final model on a partial run"
     _check_png(grid_run / "report" / "grid_architecture.png")
 
-    # The heatmap's cell labels are the per-point mean ± std over the seeds.
-    st = StageSpec("architecture", {"latent_scale": (0.5, 1.0), "news_alpha": (0.6, 1.0)}, seeds=2)
+    # The heatmap's cell labels are the per-point mean ± std over the replicates.
+    st = StageSpec("architecture", {"latent_scale": (0.5, 1.0), "news_alpha": (0.6, 1.0)},
+                   replicates=2)  # fmt: skip
     fig = grid_figure(st, run.stage("architecture").rows, "ic_sharpe", {})
     labels = sorted(t.get_text() for t in fig.axes[0].texts)
-    expected = sorted(f"{p['ic_sharpe']:.2f}\n± {p['ic_sharpe_std']:.2f}"
+    expected = sorted(f"{p.mean['ic_sharpe']:.2f}\n± {p.std['ic_sharpe']:.2f}"
                       for p in point_table(run, "architecture"))  # fmt: skip
     assert labels == expected

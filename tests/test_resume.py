@@ -29,6 +29,10 @@ from tests.conftest import FAULTS, SMOKE
 from tests.test_api import assert_view_matches_status
 
 GRID = "stages.architecture.grid={latent_scale: [0.5, 1.0], news_alpha: [0.6, 0.8, 1.0]}"
+# The resume guarantees are about a stage: the run is that one stage and a one-seed final model.
+ONE_STAGE = (
+    "stages=[{name: architecture, grid: {latent_scale: [0.5, 1.0], news_alpha: [0.6, 0.8, 1.0]}}]"
+)
 STUCK = {
     "latent_scale": 1.0,
     "news_alpha": 0.8,
@@ -42,8 +46,8 @@ def _args(market: Path, storage: Path, name: str, fault: dict | None = None) -> 
     if fault is not None:
         cli = [sys.executable, str(FAULTS), json.dumps(fault)]
     return [*cli, "run", "--config", str(SMOKE), "--storage", str(storage), "--name", name,
-            f"data.source={market}", GRID, f"train.epochs={EPOCHS}", "max_concurrent=1",
-            "final.baseline=false", "final.seeds=1"]  # fmt: skip
+            f"data.source={market}", ONE_STAGE, f"train.epochs={EPOCHS}", "max_concurrent=1",
+            "final.baseline=false", "final.seeds=1", "final.compare_base=false"]  # fmt: skip
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -113,27 +117,35 @@ def _interrupt_when_stuck(
     return snap, log_path.read_text()
 
 
-def _check_resumed(market: Path, storage: Path, name: str, before: dict, clean: dict) -> None:
+def _check_resumed(
+    market: Path, storage: Path, name: str, before: dict, clean: dict, killed: bool = False
+) -> None:
     r = subprocess.run([sys.executable, "-m", "search.cli", "resume", str(storage / name)],
                        capture_output=True, text=True, env=_env(), timeout=400)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
+    # A killed driver leaves its lease behind; the resume takes it over, saying so.
+    took_over = f"{storage / name}: taking over the lease of `liquid-search run`"
+    assert (took_over in r.stderr) == killed, r.stderr[-3000:]
+    assert not (storage / name / "lease.json").exists()
     after = _snapshot(storage / name / "architecture")
     st = RunDir(str(storage / name)).load().stage("architecture")
     assert st.done and len(st.rows) == 6
-    assert all(x.status == "TERMINATED" and x.epochs == EPOCHS for x in st.rows), st.rows
+    assert all(x.status == "TERMINATED" and x.epoch == EPOCHS for x in st.rows), st.rows
     for row in st.rows:
         was = before.get(row.trial_id, {"status": "NOT CREATED"})
         if was["status"] == "TERMINATED":  # finished before: not trained again
             assert after[row.trial_id]["reports"] == was["reports"], row.trial_id
-            assert row.restored == 0
+            assert row.result.restored == 0
         elif row.point == STUCK:  # continued from its epoch-2 checkpoint
-            assert row.restored == 1 and [e for e, _ in after[row.trial_id]["reports"]][:2] == [
+            assert row.result.restored == 1 and [e for e, _ in after[row.trial_id]["reports"]][
+                :2
+            ] == [
                 1,
                 2,
             ]
         # Every trial ends as in an uninterrupted run (training is deterministic per epoch).
         ref = clean[tuple(sorted(row.point.items()))]
-        assert row.metrics == pytest.approx({k: ref[k] for k in row.metrics}, abs=1e-9,
+        assert row.best_metrics == pytest.approx({k: ref[k] for k in row.best_metrics}, abs=1e-9,
                                             nan_ok=True), row.point  # fmt: skip
     assert (storage / name / "summary.json").is_file()
 
@@ -230,7 +242,8 @@ def test_sigkill_mid_stage_then_resume(tiny_market, tmp_path, clean_run, spawns_
     before, _ = _interrupt_when_stuck(tiny_market, tmp_path, "r", signal.SIGKILL)
     run = RunDir(str(tmp_path / "r")).load()
     assert not run.stage("architecture").done and run.info.ended is None  # no chance to say
-    _check_resumed(tiny_market, tmp_path, "r", before, clean_run)
+    assert (tmp_path / "r" / "lease.json").is_file(), "a killed driver cannot give its lease back"
+    _check_resumed(tiny_market, tmp_path, "r", before, clean_run, killed=True)
 
 
 def test_second_ctrl_c_stops_at_once_without_a_traceback(tiny_market, tmp_path, spawns_ray):

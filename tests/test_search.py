@@ -32,36 +32,36 @@ def test_full_run_writes_every_artifact(smoke_run: Path):
     run = RunDir(str(smoke_run)).load()
     for st in run.stages:
         assert st.done and len(st.rows) == 2
-        assert all(r.status == "TERMINATED" and r.device == "cpu" for r in st.rows)
-        assert all(r.data_zero_copy for r in st.rows), "trials must read the object store's copy"
+        assert all(r.status == "TERMINATED" and r.result.device == "cpu" for r in st.rows)
+        assert all(r.result.data_zero_copy for r in st.rows), "trials read the object store's copy"
         # Each row records its latest checkpoint, relative to the run directory, and it is there.
         for r in st.rows:
             assert r.checkpoint.startswith(f"{st.name}/{st.name}_{r.trial_id}/checkpoint_")
             assert (smoke_run / r.checkpoint / "state.pt").is_file()
         assert st.best.trials == 2 and st.best.errors == 0
-        assert st.best.value == max(r.metrics["ic_sharpe"] for r in st.rows)
+        assert st.best.value == max(r.best_metrics["ic_sharpe"] for r in st.rows)
     s = run.summary
-    assert [x["stage"] for x in s["stages"]] == STAGES
-    assert set(s["final"]) >= {"val", "test", "costs", "model", "train", "device"}
-    assert s["final"]["train"]["epochs"] == 2  # the spec's final.epochs
-    assert set(s["baseline"]["test"]) >= {"ic_sharpe", "mean_ic", "ls_sharpe"}
-    assert "ls_net_sharpe" in s["final"]["costs"] and "to_ls_net_sharpe" in s["final"]["costs"]
+    assert (s.schema, s.version) == ("liquid-search/summary", 2)
+    assert [x.stage for x in s.stages] == STAGES
+    assert s.final.train["epochs"] == 2 and s.final.device == "cpu"  # the spec's final.epochs
+    assert set(s.baseline.test) >= {"ic_sharpe", "mean_ic", "ls_sharpe"}
+    assert "ls_net_sharpe" in s.final.costs and "to_ls_net_sharpe" in s.final.costs
     # The final model is the ensemble of final.seeds seeds (3 by default); the base config and
     # the baseline were trained with as many; the test set under each universe rule.
-    assert [x["seed"] for x in s["final"]["seeds"]] == [0, 1000, 2000]
-    assert len(s["baseline"]["seeds"]) == 3 and len(s["base_config"]["seeds"]) == 3
-    assert set(s["search_vs_base"]) >= {"mean_ic", "ic_sharpe", "sentence"}
-    assert set(s["universes"]["by_rule"]) == {"full_period", "trailing"}
-    assert s["universes"]["names_differ_per_test_day"] == 0, "a static market: the rules agree"
+    assert [x.seed for x in s.final.members] == [0, 1000, 2000]
+    assert len(s.baseline.members) == 3 and len(s.base.members) == 3
+    assert set(s.search_vs_base.by_metric) == {"mean_ic", "ic_sharpe", "ls_sharpe"}
+    assert set(s.universes.by_rule) == {"full_period", "trailing"}
+    assert s.universes.names_differ_per_test_day == 0, "a static market: the rules agree"
     # The checkpoint is the final model and reproduces its test metrics, scored again.
-    ranker = checkpoint.load(s["checkpoint"])
-    assert ranker.metrics["test"] == pytest.approx(s["final"]["test"], nan_ok=True)
-    assert ranker.model.config.to_dict() == s["final"]["model"]
+    ranker = checkpoint.load(s.checkpoint)
+    assert ranker.metrics["test"] == pytest.approx(s.final.test, nan_ok=True)
+    assert ranker.model.config.to_dict() == s.final.model
     assert len(ranker.model.members) == 3
     test = load_data(run.spec, run.info.source, compare=False).test
     rescored = backtest(test, score(ranker.model, test), run.spec.train.k).metrics
-    assert rescored == pytest.approx(s["final"]["test"], abs=1e-12, nan_ok=True)
-    raw = torch.load(s["checkpoint"], weights_only=True)
+    assert rescored == pytest.approx(s.final.test, abs=1e-12, nan_ok=True)
+    raw = torch.load(s.checkpoint, weights_only=True)
     assert raw["universe"]["threshold"] == 50e6
     # Strict JSON everywhere (NaN is written as null).
     for f in ("summary.json", "analysis.json", "run.json"):
@@ -80,7 +80,7 @@ def test_each_stage_starts_from_the_previous_best(smoke_run: Path):
     for r in run.stage("training").rows:
         point = json.loads((Path(run.dir.resolve(r.checkpoint)) / POINT_FILE).read_text())
         assert point["model"] == arch.model
-    assert run.summary["final"]["model"] == {**drop.model}
+    assert run.summary.final.model == {**drop.model}
 
 
 def _cli(*args: str, env: dict[str, str] | None = None, timeout: int = 300):
@@ -143,7 +143,8 @@ def test_a_grid_point_no_config_accepts_fails_alone(tiny_market, ray_local, tmp_
     stages = list(sp.stages)
     stages[0] = dataclasses.replace(stages[0], grid={"news_alpha": (0.8,), "latent_scale": (1.0,)})
     stages[2] = dataclasses.replace(stages[2], grid={"news_dropout": (0.1, 1.5)})
-    sp = dataclasses.replace(sp, stages=tuple(stages))
+    final = dataclasses.replace(sp.final, seeds=1, baseline=False, compare_base=False)
+    sp = dataclasses.replace(sp, stages=tuple(stages), final=final)
     with Lines() as lines:
         summary = run_search(sp, tmp_path / "run")
     assert summary is not None, "the run goes on to the final model"
@@ -152,25 +153,27 @@ def test_a_grid_point_no_config_accepts_fails_alone(tiny_market, ray_local, tmp_
     assert (
         len(bad) == 1 and bad[0].status == "ERROR" and "dropout must be in [0, 1)" in bad[0].error
     )
-    assert bad[0].epochs == 0
+    assert bad[0].epoch == 0 and bad[0].result is None
     assert st.best.point == {"news_dropout": 0.1} and st.best.errors == 1
     assert any("news_dropout=1.5 | FAILED: ConfigError" in ln for ln in lines), lines
 
 
-def test_retried_trial_resumes_from_its_checkpoint(tiny_market, ray_local, tmp_path, monkeypatch):
+def test_retried_trial_resumes_from_its_checkpoint(tiny_market, smoke_run, tmp_path, monkeypatch):
+    """The smoke run (the same spec) is the clean run."""
     sp = smoke_spec(tiny_market)
-    run_search(sp, tmp_path / "clean", stop_after="architecture")
     faults.inject(monkeypatch, {"stage": "architecture", "point": {"latent_scale": 0.5},
                                 "epoch": 1, "mode": "once"})  # fmt: skip
     run_search(sp, tmp_path / "faulty", stop_after="architecture")
     rows = {}
-    for name in ("clean", "faulty"):
-        st = RunDir(str(tmp_path / name)).load().stage("architecture")
+    for name, path in (("clean", smoke_run), ("faulty", tmp_path / "faulty")):
+        st = RunDir(str(path)).load().stage("architecture")
         rows[name] = {r.point["latent_scale"]: r for r in st.rows}
     a, b = rows["clean"], rows["faulty"]
-    assert b[0.5].status == "TERMINATED" and b[0.5].restored == 1 and b[0.5].epochs == 2
+    assert b[0.5].status == "TERMINATED" and b[0.5].result.restored == 1 and b[0.5].epoch == 2
     # Resuming from the epoch-1 checkpoint continues exactly as the uninterrupted trial.
-    assert b[0.5].metrics["ic_sharpe"] == pytest.approx(a[0.5].metrics["ic_sharpe"], abs=1e-9)
+    assert b[0.5].best_metrics["ic_sharpe"] == pytest.approx(
+        a[0.5].best_metrics["ic_sharpe"], abs=1e-9
+    )
 
 
 # --- the command line: one line per mistake, results on stdout ----------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -49,9 +50,24 @@ def test_scales_and_sets_map_onto_the_config():
 def test_overrides():
     sp = specmod.load(CONFIGS[0], ["train.epochs=3", "resources.gpu=0.25",
                                    "stages.dropout.grid.news_dropout=[0.1, 0.2]",
-                                   "stages.dropout.seeds=3"])  # fmt: skip
+                                   "stages.dropout.replicates=3"])  # fmt: skip
     assert sp.train.epochs == 3 and sp.resources.gpu == 0.25
-    assert sp.stage("dropout").grid["news_dropout"] == (0.1, 0.2) and sp.stage("dropout").seeds == 3
+    dropout = sp.stage("dropout")
+    assert dropout.grid["news_dropout"] == (0.1, 0.2) and dropout.replicates == 3
+    assert dropout.n_trials == 3 * 3 * 2 * 3
+
+
+def test_a_renamed_stage_key_is_read_with_a_one_line_note(caplog):
+    with caplog.at_level(logging.WARNING, logger="liquid_search"):
+        sp = specmod.load(CONFIGS[0], ["stages.dropout.seeds=2", "stages.dropout.select=median"])
+    assert (sp.stage("dropout").replicates, sp.stage("dropout").combine) == (2, "median")
+    notes = [r.getMessage() for r in caplog.records]
+    assert len(notes) == 2 and "stages.dropout.seeds is now stages.dropout.replicates" in notes[0]
+    with pytest.raises(specmod.SpecError, match="both 'seeds' and 'replicates'"):
+        specmod.load(CONFIGS[0], ["stages.dropout.seeds=2", "stages.dropout.replicates=2"])
+    # A run's saved spec says nothing: its stages have run.
+    raw = sp.to_dict()
+    assert "replicates" in raw["stages"][0] and "seeds" not in raw["stages"][0]
 
 
 def test_bad_override_is_attributed_to_the_command_line():
@@ -73,7 +89,7 @@ params:
 stages:
   - name: architecture
     grid: {news_alpha: [0.6], latent_scale: [1.0]}
-    seeds: 0
+    replicates: 0
 resources: {cpu: 0}
 extra: 1
 """
@@ -91,7 +107,7 @@ def test_bad_spec_lists_every_problem(tmp_path):
                    "params.news_alpha.set='model.news_alfa': not a config field",
                    "stages.architecture.grid.news_alpha: no such search key",
                    "stages.architecture.grid.latent_scale: no such search key",
-                   "stages.architecture.seeds=0", "resources.cpu=0.0", "extra: unknown section"):  # fmt: skip
+                   "stages.architecture.replicates=0", "resources.cpu=0.0", "extra: unknown section"):  # fmt: skip
         assert needle in msg, needle
     assert len(e.value.errors) >= 12
 
@@ -156,3 +172,8 @@ def test_field_types_come_from_the_annotations():
     # YAML 1.1 reads 1e-3 (no dot) as a string; a float field takes it as the number.
     sp = specmod.load(CONFIGS[0], ["train.learning_rate=1e-3"])
     assert sp.train.learning_rate == 0.001
+
+
+def test_a_grid_key_cannot_take_the_name_of_a_trials_own_column():
+    with pytest.raises(specmod.SpecError, match=r"params\.seed: the name is one of a trial.s own"):
+        specmod.load(CONFIGS[0], ["params.seed={set: train.seed}"])

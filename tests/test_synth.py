@@ -12,6 +12,9 @@ import pytest
 from scipy.stats import spearmanr
 
 from ranker import synth
+from ranker.backtest import backtest
+from ranker.data import load
+from ranker.metrics import MIN_NAMES
 from ranker.schema import (
     CLOSE,
     DATASET_FILE,
@@ -27,6 +30,7 @@ from ranker.schema import (
     VOLUME,
     resolve_features,
 )
+from ranker.universe import LIQUID_THRESHOLD
 
 FILES = {DATASET_FILE, PRICES_FILE, ORACLE_FILE, synth.SUMMARY_FILE}
 
@@ -55,15 +59,16 @@ def frames(market):
 def _liquid_by_rule(prices: pd.DataFrame) -> pd.Series:
     """The notebook's universe rule: mean close*volume over the whole prices file >= $50M."""
     dollar = prices[CLOSE] * prices[VOLUME]
-    return dollar.groupby(prices[SYMBOL]).mean() >= synth.LIQUID_THRESHOLD
+    return dollar.groupby(prices[SYMBOL]).mean() >= LIQUID_THRESHOLD
 
 
-def _mean_ic(df: pd.DataFrame, score: str, min_rows: int = synth.IC_MIN_ROWS) -> float:
-    """Mean over dates of the Spearman IC of `score` against the realised simple return."""
+def _mean_ic(df: pd.DataFrame, score: str, min_names: int = MIN_NAMES) -> float:
+    """Mean over dates of the Spearman IC of `score` against the realised simple return, by
+    scipy, date by date."""
     ics = [
         spearmanr(g[score], np.expm1(g[TARGET]))[0]
         for _, g in df.groupby(DATE)
-        if len(g) >= min_rows
+        if len(g) >= min_names
     ]
     return float(np.mean(ics))
 
@@ -120,9 +125,35 @@ def test_summary_matches_files(market, frames):
     assert summary["liquid_rule_mismatches"] == 0
     liquid_news = df[df["liquid"] & df["has_news"]]
     assert summary["liquid_news_rows"] == len(liquid_news)
-    assert summary["oracle_ic_liquid_news"] == pytest.approx(
-        _mean_ic(liquid_news, ORACLE), abs=1e-4
-    )
+    # 14 liquid names, a third with news on a day: no date has MIN_NAMES liquid news names.
+    assert liquid_news.groupby(DATE).size().max() < MIN_NAMES
+    assert summary["oracle_ic_liquid_news"] is None
+
+
+def test_oracle_figures_are_the_backtests(tiny_market):
+    """On the tiny market (conftest's TINY), synth.json's oracle figures are the report's:
+    `backtest(...).oracle` on the Panels of `load(dir)` (the default universe and split), to
+    the last digit; and the all-dates IC is scipy's, date by date."""
+    saved = json.loads((tiny_market / synth.SUMMARY_FILE).read_text())["summary"]
+    assert saved["oracle"]["universe"]["threshold"] == LIQUID_THRESHOLD
+    ds = load(tiny_market)
+    for name in ("train", "val", "test"):
+        panel = getattr(ds, name)
+        oracle = backtest(panel, panel.oracle, k=5).oracle
+        got = saved["oracle"][name]
+        assert got["mean_ic"] == oracle["mean_ic"], name
+        assert got["ic_sharpe"] == oracle["ic_sharpe"], name
+        assert (got["n_dates"], got["rows"]) == (oracle["n_dates"], len(panel)), name
+    df = pd.read_parquet(tiny_market / DATASET_FILE, columns=[DATE, SYMBOL, TARGET, "emb_0"])
+    df[ORACLE] = pd.read_parquet(tiny_market / ORACLE_FILE)[ORACLE].to_numpy()
+    liquid = df[SYMBOL].map(_liquid_by_rule(pd.read_parquet(tiny_market / PRICES_FILE)))
+    rows = df[liquid.to_numpy(dtype=bool) & (df["emb_0"] != 0).to_numpy()]
+    assert saved["oracle_ic_liquid_news"] == pytest.approx(_mean_ic(rows, ORACLE), abs=1e-12)
+
+
+def test_a_market_too_short_to_split_has_no_split_figures(tmp_path):
+    summary = synth.generate(tmp_path, n_symbols=10, n_dates=2, emb_dim=8)
+    assert summary["oracle"]["test"] is None and summary["oracle_ic_liquid_news"] is None
 
 
 def test_pinned_small_market(market):
@@ -193,7 +224,7 @@ def test_oracle_ic_is_weak_at_signal_1_and_strong_at_signal_4(tmp_path):
     df[ORACLE] = pd.read_parquet(tmp_path / "weak" / ORACLE_FILE)[ORACLE].to_numpy()
     liquid = df[SYMBOL].map(_liquid_by_rule(pd.read_parquet(tmp_path / "weak" / PRICES_FILE)))
     rows = df[liquid.to_numpy(dtype=bool) & (df["emb_0"] != 0).to_numpy()]
-    assert _mean_ic(rows, ORACLE) == pytest.approx(weak["oracle_ic_liquid_news"], abs=1e-4)
+    assert _mean_ic(rows, ORACLE) == pytest.approx(weak["oracle_ic_liquid_news"], abs=1e-12)
 
 
 def test_liquid_and_illiquid_patterns_invert(frames):

@@ -9,6 +9,7 @@ decline, and their growth numbers show it). On the static market the two agree e
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -25,6 +26,7 @@ from ranker.synth import SUMMARY_FILE, generate
 from ranker.train import TrainConfig, fit, score
 from ranker.universe import UniverseConfig
 from search.final import compare_seeds
+from search.results import ModelResult, mean_std
 
 MOVING = {"n_symbols": 400, "n_dates": 250, "signal": 4.0, "seed": 0, "liquidity": "moving"}
 
@@ -97,17 +99,24 @@ def test_an_ensemble_checkpoint_scores_the_mean_of_its_members(tiny_dataset, tmp
 
 def test_search_vs_base_is_welchs_difference_and_says_which():
     def part(values):
-        x = np.asarray(values)
-        spread = {"mean": x.mean(), "std": x.std(ddof=1) if len(x) > 1 else math.nan, "n": len(x)}
-        return {"seed_spread": {k: spread for k in ("mean_ic", "ic_sharpe", "ls_sharpe")}}
+        spread = mean_std(values)
+        assert len(values) == 1 or spread.std == np.std(values, ddof=1)
+        return dataclasses.replace(
+            PART, seed_spread={k: spread for k in ("mean_ic", "ic_sharpe", "ls_sharpe")}
+        )
 
     a, b = [0.030, 0.032, 0.031], [0.020, 0.021, 0.019]
     out = compare_seeds(part(a), part(b))
     se = math.sqrt(np.var(a, ddof=1) / 3 + np.var(b, ddof=1) / 3)
-    assert out["mean_ic"]["diff"] == pytest.approx(np.mean(a) - np.mean(b))
-    assert out["mean_ic"]["se"] == pytest.approx(se)
-    assert "beat its starting point by more than the seed noise" in out["sentence"]
+    assert out.by_metric["mean_ic"].diff == pytest.approx(np.mean(a) - np.mean(b))
+    assert out.by_metric["mean_ic"].se == pytest.approx(se)
+    assert "beat its starting point by more than the seed noise" in out.sentence
     noisy = compare_seeds(part([0.03, 0.01, 0.05]), part([0.02, 0.04, 0.0]))
-    assert "within the seed noise" in noisy["sentence"]
+    assert "within the seed noise" in noisy.sentence
     one = compare_seeds(part([0.03]), part([0.02]))
-    assert "no noise to compare" in one["sentence"]
+    assert "no noise to compare" in one.sentence and math.isnan(one.by_metric["mean_ic"].se)
+
+
+# A model result with nothing in it but what compare_seeds reads (its seed spread).
+PART = ModelResult(val={}, test={}, costs={}, members=(), seed_spread={}, best_epoch=0,
+                   seconds=0.0, device="cpu", history=())  # fmt: skip

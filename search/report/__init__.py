@@ -42,31 +42,28 @@ def write_report(run: Run) -> tuple[str, str]:
         )
     spec, summary, m = run.spec, run.summary, run.spec.train.metric
     analysis = run.analysis
-    if analysis is None or [s["stage"] for s in analysis["stages"]] != [s.name for s in finished]:
+    if analysis is None or [s.stage for s in analysis.stages] != [s.name for s in finished]:
         analysis = analyze(run, None, spec.train.k)
 
     doc = Doc()
     header_section(doc, run)
     if summary is not None:
-        f = summary["final"]
-        costs = f.get("costs", {})
+        f = summary.final
+        sentences = [x.sentence for x in (summary.search_vs_base, summary.universes)
+                     if x is not None]  # fmt: skip
         doc.para(
-            f"Final model: val {m} {fmt(f['val'].get(m), m)}, test {m} "
-            f"{fmt(f['test'].get(m), m)}, test mean IC {fmt(f['test'].get('mean_ic'), 'mean_ic')}, "
-            f"test L/S Sharpe {fmt(f['test'].get('ls_sharpe'))} (net of flat costs "
-            f"{fmt(costs.get('ls_net_sharpe'))}, turnover-aware "
-            f"{fmt(costs.get('to_ls_net_sharpe'))}); an ensemble of {len(f.get('seeds', [])) or 1} "
-            f"seed(s)."
-            + "".join(
-                f" {summary[k]['sentence']}"
-                for k in ("search_vs_base", "universes")
-                if summary.get(k)
-            )
+            f"Final model: val {m} {fmt(f.val.get(m), m)}, test {m} "
+            f"{fmt(f.test.get(m), m)}, test mean IC {fmt(f.test.get('mean_ic'), 'mean_ic')}, "
+            f"test L/S Sharpe {fmt(f.test.get('ls_sharpe'))} (net of flat costs "
+            f"{fmt(f.costs.get('ls_net_sharpe'))}, turnover-aware "
+            f"{fmt(f.costs.get('to_ls_net_sharpe'))}); an ensemble of {len(f.members) or 1} "
+            f"seed(s)." + "".join(f" {x}" for x in sentences)
         )
     overfitting_section(doc, analysis)
-    by_name = {s["stage"]: s for s in analysis["stages"]}
     for st in finished:
-        stage_section(doc, run, st, by_name[st.name])
+        entry = analysis.stage(st.name)
+        assert entry is not None  # the analysis covers every finished stage (checked above)
+        stage_section(doc, run, st, entry)
 
     doc.heading(2, "Validation against test for the top configs")
     vt = val_test_figure(analysis, summary, m)
@@ -76,7 +73,7 @@ def write_report(run: Run) -> tuple[str, str]:
     else:
         fig, table = vt
         doc.image("val_vs_test.png", png(fig), "Validation vs test of the top configs")
-        doc.table(["id", "stage", "config", "selected", "seeds", f"val {m}", f"test {m}",
+        doc.table(["id", "stage", "config", "selected", "replicates", f"val {m}", f"test {m}",
                    "test mean_ic", "test ls_sharpe"], table)  # fmt: skip
     if summary is not None:
         final_section(doc, run, summary)

@@ -18,8 +18,10 @@ from matplotlib.ticker import PercentFormatter
 from ranker.costs import CostModel, books_turnover, net_returns
 from ranker.metrics import sharpe
 from search.report.document import fmt, point_text
-from search.rundir import Series, TrialRow
+from search.results import Analysis, Summary, mean_std
+from search.rundir import Series
 from search.spec import StageSpec
+from search.trial_result import TrialRow
 
 ROLLING = 21  # trading days in the rolling mean of the daily test IC
 STAGE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2")
@@ -44,22 +46,26 @@ def _cell_stats(
     by_rep: dict[tuple[float, float, int], list[float]] = {}
     for r in rows:
         key = (r.point[keys[0]], r.point[keys[1]], r.replicate)
-        by_rep.setdefault(key, []).append(r.metrics[metric])
+        by_rep.setdefault(key, []).append(r.best_metrics[metric])
     cells: dict[tuple[float, float], list[float]] = {}
     for (a, b, _), vals in by_rep.items():
         cells.setdefault((a, b), []).append(float(np.mean(vals)))
-    return {ab: (float(np.mean(v)), float(np.std(v))) for ab, v in cells.items()}
+    spread = {ab: mean_std(v) for ab, v in cells.items()}
+    return {ab: (v.mean, v.std) for ab, v in spread.items()}
 
 
 def grid_figure(
-    st: StageSpec, rows: list[TrialRow], metric: str, selected: dict[str, Any]
-) -> Figure:
-    """The stage's grid: the selection metric over each pair of keys (one key: a line)."""
-    ok = [r for r in rows if r.finished(metric)]
+    st: StageSpec, rows: list[TrialRow], metric: str, selected: dict[str, Any],
+    tied: tuple[dict[str, float], ...] = (),
+) -> Figure:  # fmt: skip
+    """The stage's grid: the selection metric over each pair of keys (one key: a line); the
+    selected point boxed, the cells that hold a config tied with the winner (the stage's Model
+    Confidence Set, `tied`) outlined in dashes."""
+    ok = [r for r in rows if r.finished(metric) and st.contains(r.point)]
     keys = list(st.grid)
-    replicated = st.seeds > 1
+    replicated = st.replicates > 1
     if len(keys) == 1:
-        return _grid_line(st, ok, metric, selected)
+        return _grid_line(st, ok, metric, selected, tied)
     pairs = list(itertools.combinations(keys, 2))
     ncols = min(3, len(pairs))
     nrows = math.ceil(len(pairs) / ncols)
@@ -92,22 +98,28 @@ def grid_figure(
         ax.set_yticks(range(len(va)), [f"{v:g}" for v in va])
         ax.set_xlabel(kb)
         ax.set_ylabel(ka)
+        for i, j in {(va.index(t[ka]), vb.index(t[kb])) for t in tied
+                     if t[ka] in va and t[kb] in vb}:  # fmt: skip
+            ax.add_patch(Rectangle((j - 0.42, i - 0.42), 0.84, 0.84, fill=False, lw=1.5,
+                                   ec="#333", ls="--"))  # fmt: skip
         if ka in selected and kb in selected and selected[ka] in va and selected[kb] in vb:
             i, j = va.index(selected[ka]), vb.index(selected[kb])
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=3, ec="black"))
         others = [k for k in keys if k not in (ka, kb)]
-        sub = "mean over " + ", ".join([*others, *(["seeds"] if replicated else [])])
+        sub = "mean over " + ", ".join([*others, *(["replicates"] if replicated else [])])
         ax.set_title(f"{ka} × {kb}" + (f"\n({sub})" if others or replicated else ""), fontsize=10)
     assert image is not None
     fig.colorbar(image, ax=axes[: len(pairs)].tolist(), label=f"val {metric}", shrink=0.9)
-    fig.suptitle(
-        f"Stage '{st.name}': validation {metric} over the grid\n(black box: selected point)",
-        fontsize=12,
-    )
+    how = "black box: selected point" + ("; dashed: holds a config tied with the winner (MCS)"
+                                         if tied else "")  # fmt: skip
+    fig.suptitle(f"Stage '{st.name}': validation {metric} over the grid\n({how})", fontsize=12)
     return fig
 
 
-def _grid_line(st: StageSpec, ok: list[TrialRow], metric: str, selected: dict[str, Any]) -> Figure:
+def _grid_line(
+    st: StageSpec, ok: list[TrialRow], metric: str, selected: dict[str, Any],
+    tied: tuple[dict[str, float], ...],
+) -> Figure:  # fmt: skip
     (key,) = st.grid
     values = list(st.grid[key])
     fig = Figure(figsize=(6.4, 3.9), layout="constrained")
@@ -115,19 +127,24 @@ def _grid_line(st: StageSpec, ok: list[TrialRow], metric: str, selected: dict[st
     xs = np.arange(len(values))
     means, stds = [], []
     for x, v in zip(xs, values, strict=True):
-        vals = [r.metrics[metric] for r in ok if r.point[key] == v]
+        vals = [r.best_metrics[metric] for r in ok if r.point[key] == v]
         if len(vals) > 1:
             ax.scatter([x] * len(vals), vals, s=18, color="#999", zorder=2,
                        label="replicates" if x == 0 else None)  # fmt: skip
-        means.append(np.mean(vals) if vals else np.nan)
-        stds.append(np.std(vals) if vals else np.nan)
+        spread = mean_std(vals)
+        means.append(spread.mean)
+        stds.append(spread.std)
     means_a, stds_a = np.array(means), np.array(stds)
-    label = "mean ± std over seeds" if st.seeds > 1 else "trial"
-    ax.errorbar(xs, means_a, yerr=stds_a if st.seeds > 1 else None, fmt="o-", color="#1f77b4",
+    label = "mean ± std over replicates" if st.replicates > 1 else "trial"
+    ax.errorbar(xs, means_a, yerr=stds_a if st.replicates > 1 else None, fmt="o-", color="#1f77b4",
                 capsize=4, zorder=3, label=label)  # fmt: skip
     for x, m in zip(xs, means_a, strict=True):
         if np.isfinite(m):
             ax.annotate(f"{m:.2f}", (x, m), textcoords="offset points", xytext=(8, 4), fontsize=9)
+    marks = sorted({values.index(t[key]) for t in tied if t[key] in values})
+    if marks:
+        ax.scatter(marks, means_a[marks], s=320, facecolor="none", edgecolor="#333", lw=1.2,
+                   ls="--", zorder=4, label="tied with the winner (MCS)")  # fmt: skip
     if selected.get(key) in values:
         i = values.index(selected[key])
         ax.scatter([i], [means_a[i]], s=180, facecolor="none", edgecolor="black", lw=2, zorder=4,
@@ -145,32 +162,31 @@ def _grid_line(st: StageSpec, ok: list[TrialRow], metric: str, selected: dict[st
 
 
 def val_test_figure(
-    analysis: dict[str, Any], summary: dict[str, Any] | None, metric: str
+    analysis: Analysis, summary: Summary | None, metric: str
 ) -> tuple[Figure, list[list[str]]] | None:
     """Val against test of each stage's top configs (plus the final and baseline models)."""
     fig = Figure(figsize=(7.2, 6.2), layout="constrained")
     ax = fig.subplots()
     table, xs, ys = [], [], []
     tags: dict[tuple[float, float], list[str]] = {}  # identical configs recur across stages
-    for si, st in enumerate(analysis["stages"]):
-        tops = st.get("top_test") or []
+    for si, st in enumerate(analysis.stages):
         color = STAGE_COLORS[si % len(STAGE_COLORS)]
-        for j, t in enumerate(tops):
-            x, y = t["val"][metric], t["test"][metric]
-            if x is None or y is None:
+        for j, t in enumerate(st.top_test or ()):
+            x, y = t.val.get(metric, math.nan), t.test.get(metric, math.nan)
+            if not (math.isfinite(x) and math.isfinite(y)):
                 continue
-            tag = f"{si + 1}.{t['rank']}"
-            xe = t["val_std"][metric] if t["n"] > 1 else None
-            ye = t["test_std"][metric] if t["n"] > 1 else None
+            tag = f"{si + 1}.{t.rank}"
+            xe = t.val_std[metric] if t.n > 1 else None
+            ye = t.test_std[metric] if t.n > 1 else None
             ax.errorbar(x, y, xerr=xe, yerr=ye, fmt="o", color=color, ms=7, capsize=3,
-                        mec="black" if t["selected"] else color,
-                        label=f"{si + 1}: {st['stage']}" if j == 0 else None)  # fmt: skip
+                        mec="black" if t.selected else color,
+                        label=f"{si + 1}: {st.stage}" if j == 0 else None)  # fmt: skip
             tags.setdefault((round(x, 9), round(y, 9)), []).append(tag)
             xs += [x - (xe or 0), x + (xe or 0)]
             ys += [y - (ye or 0), y + (ye or 0)]
-            table.append([tag, st["stage"], point_text(t["point"]), "yes" if t["selected"] else "",
-                          str(t["n"]), fmt(x, metric), fmt(y, metric),
-                          fmt(t["test"]["mean_ic"], "mean_ic"), fmt(t["test"]["ls_sharpe"])])  # fmt: skip
+            table.append([tag, st.stage, point_text(t.point), "yes" if t.selected else "",
+                          str(t.n), fmt(x, metric), fmt(y, metric),
+                          fmt(t.test["mean_ic"], "mean_ic"), fmt(t.test["ls_sharpe"])])  # fmt: skip
     # Alternate the label corners so that neighbouring points do not print on each other.
     # A thin leader line ties each label to its point.
     corners = ((12, -18), (12, 12), (-12, 12), (-12, -18))
@@ -181,10 +197,11 @@ def val_test_figure(
                     arrowprops={"arrowstyle": "-", "color": "#888", "lw": 0.7})  # fmt: skip
     if not xs:
         return None
+    models = summary.models if summary is not None else {}
     for name, marker, color in (("final", "*", "black"), ("baseline", "D", "#777")):
-        part = (summary or {}).get(name)
-        if part and metric in part.get("val", {}) and metric in part.get("test", {}):
-            x, y = part["val"][metric], part["test"][metric]
+        part = models.get(name)
+        if part is not None and metric in part.val and metric in part.test:
+            x, y = part.val[metric], part.test[metric]
             label = "final model" if name == "final" else "baseline (full universe)"
             ax.scatter([x], [y], marker=marker, s=170 if marker == "*" else 70, color=color,
                        zorder=5, label=label)  # fmt: skip

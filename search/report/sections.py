@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
-from ranker.costs import CostModel
 from ranker.metrics import ANN
 from search.report.document import Doc, fmt, pm, png, point_text
 from search.report.figures import cumulative_figure, grid_figure, ic_figure
+from search.results import DSR, PBO, Analysis, ModelResult, StageAnalysis, Summary
 from search.rundir import FINISHED, Run, StageRecord
 
 _TABLE_METRICS = ("ic_sharpe", "mean_ic", "ls_sharpe")
@@ -16,7 +15,7 @@ _TABLE_METRICS = ("ic_sharpe", "mean_ic", "ls_sharpe")
 
 def header_section(doc: Doc, run: Run) -> None:
     """Title, run directory, data and splits; a note when the final model is not there yet."""
-    info = run.info.data if run.info else {}
+    info = run.info.data if run.info else None
     name = run.path.rstrip("/").rsplit("/", 1)[-1]
     doc.heading(1, f"liquid-search report: {name}")
     doc.para(
@@ -24,22 +23,22 @@ def header_section(doc: Doc, run: Run) -> None:
         f"Selection metric: validation {run.spec.train.metric} (the best evaluation of each "
         f"trial); stages: {', '.join(s.name for s in run.stages)}."
     )
-    if info:
-        doc.table(
-            ["split", "rows", "dates"],
-            [[s, f"{info[f'{s}_rows']:,}" if isinstance(info.get(f"{s}_rows"), int) else "-",
-              str(info.get(f"{s}_dates", "-"))] for s in ("train", "val", "test")],
-        )  # fmt: skip
+    if info is not None:
+        splits = {"train": (info.train_rows, info.train_dates),
+                  "val": (info.val_rows, info.val_dates), "test": (info.test_rows, info.test_dates)}  # fmt: skip
+        doc.table(["split", "rows", "dates"],
+                  [[s, f"{n:,}" if isinstance(n, int) else "-", str(d or "-")]
+                   for s, (n, d) in splits.items()])  # fmt: skip
         doc.para(
-            f"Data: {info.get('source', '?')}; {info.get('liquid_symbols', '?')} liquid of "
-            f"{info.get('symbols', '?')} symbols."
+            f"Data: {info.source or '?'}; {info.liquid_symbols or '?'} liquid of "
+            f"{info.symbols or '?'} symbols."
         )
     if run.summary is None:
         doc.para("The final model has not been trained yet: the report covers the finished "
                  "stages only.")  # fmt: skip
 
 
-def overfitting_section(doc: Doc, analysis: dict[str, Any]) -> None:
+def overfitting_section(doc: Doc, analysis: Analysis) -> None:
     doc.heading(2, "Is the winner real?")
     doc.para(
         "PBO: probability of backtest overfitting by combinatorially symmetric cross-validation "
@@ -52,67 +51,72 @@ def overfitting_section(doc: Doc, analysis: dict[str, Any]) -> None:
         f"sqrt({ANN})), as the search's ic_sharpe."
     )
     rows = []
-    entries = [(st["stage"], st["pbo"], st["dsr"]) for st in analysis["stages"]]
-    if analysis.get("final"):
-        entries.append(("final model", None, analysis["final"]))
+    entries: list[tuple[str, PBO | None, DSR]] = [(st.stage, st.pbo, st.dsr)
+                                                   for st in analysis.stages]  # fmt: skip
+    if analysis.final is not None:
+        entries.append(("final model", None, analysis.final))
     for name, p, d in entries:
         if p is None:
             pbo_txt, s_txt = "-", "-"
-        elif "skipped" in p:
-            pbo_txt, s_txt = f"skipped: {p['skipped']}", "-"
+        elif p.skipped is not None:
+            pbo_txt, s_txt = f"skipped: {p.skipped}", "-"
         else:
-            pbo_txt = fmt(p["pbo"], "pbo")
-            s_txt = f"S={p['n_blocks']}, T={p['n_dates_used']}/{p['n_dates']}, N={p['n_trials']}"
-        if "skipped" in d:
-            dsr = [f"skipped: {d['skipped']}", "-", "-", "-", str(d.get("n_trials", "-"))]
+            pbo_txt = fmt(p.pbo, "pbo")
+            s_txt = f"S={p.n_blocks}, T={p.n_dates_used}/{p.n_dates}, N={p.n_trials}"
+        if d.skipped is not None:
+            dsr = [f"skipped: {d.skipped}", "-", "-", "-", str(d.n_trials)]
         else:
-            dsr = [fmt(d["dsr"], "dsr"), fmt(d["psr"], "psr"), fmt(d["sharpe_annual"]),
-                   fmt(d["sr0_annual"]), str(d["n_trials"])]  # fmt: skip
+            dsr = [fmt(d.dsr, "dsr"), fmt(d.psr, "psr"), fmt(d.sharpe_annual),
+                   fmt(d.sr0_annual), str(d.n_trials)]  # fmt: skip
         rows.append([name, pbo_txt, s_txt, *dsr])
     doc.table(["stage", "PBO", "CSCV blocks / dates / trials", "DSR", "PSR (vs 0)",
                "IC Sharpe (ann.)", "SR0 (ann.)", "N trials so far"], rows)  # fmt: skip
-    final = analysis.get("final")
-    if final and "series_source" in final:
-        doc.para(f"Final model's DSR uses the val IC series of: {final['series_source']}.")
+    final = analysis.final
+    if final is not None and final.series_source:
+        doc.para(f"Final model's DSR uses the val IC series of: {final.series_source}.")
 
 
-def stage_section(doc: Doc, run: Run, st: StageRecord, entry: dict[str, Any]) -> None:
+def stage_section(doc: Doc, run: Run, st: StageRecord, entry: StageAnalysis) -> None:
     """A finished stage: its grid figure and per-point table."""
     metric = run.spec.train.metric
     rows = st.rows or []
     spec = st.spec
+    sig = st.best.significance if st.best is not None else None
     doc.heading(2, f"Stage {st.name}")
     n_err = sum(r.status != FINISHED for r in rows)
     doc.para(
-        f"{len(rows)} trials ({len(spec.points)} grid points x {spec.seeds} seed(s)), {n_err} "
-        f"failed. Selected: {point_text(entry['selected_point'])} with val {metric} "
-        f"{fmt(entry['value'], metric)}"
-        + (f" ({spec.select} over seeds)." if spec.seeds > 1 else ".")
+        f"{len(rows)} trials ({len(spec.points)} grid points x {spec.replicates} replicate(s)), "
+        f"{n_err} failed. Selected: {point_text(entry.selected_point)} with val {metric} "
+        f"{fmt(entry.value, metric)}"
+        + (f" ({spec.combine} over replicates)." if spec.replicates > 1 else ".")
+        + (f" {sig.sentence()}" if sig is not None else "")
     )
-    fig = grid_figure(spec, rows, metric, entry["selected_point"])
+    fig = grid_figure(spec, rows, metric, entry.selected_point, sig.tied if sig else ())
     doc.image(f"grid_{st.name}.png", png(fig), f"Stage {st.name}: val {metric} over the grid")
-    replicated = spec.seeds > 1
+    replicated = spec.replicates > 1
     cols = list(dict.fromkeys([metric, *_TABLE_METRICS]))
-    header = [*spec.grid, "seeds ok", "failed", *(f"val {c}" for c in cols), "selected"]
+    header = [*spec.grid, "replicates ok", "failed", *(f"val {c}" for c in cols), "selected",
+              "tied (MCS)"]  # fmt: skip
     if replicated:
         header[len(spec.grid) + 2 : len(spec.grid) + 2 + len(cols)] = [
             f"val {c} (mean ± std)" for c in cols
         ]
     table = []
-    for p in entry["points"]:
+    for p in entry.points:
         table.append([
-            *(f"{p[k]:g}" for k in spec.grid), str(p["n"]), str(p["errors"]),
-            *(pm(p[c], p[f"{c}_std"], replicated, c) for c in cols), "yes" if p["selected"] else "",
+            *(f"{p.point[k]:g}" for k in spec.grid), str(p.n), str(p.errors),
+            *(pm(p.mean[c], p.std[c], replicated, c) for c in cols), "yes" if p.selected else "",
+            ("yes" if sig.is_tied(p.point) else "") if sig is not None else "-",
         ])  # fmt: skip
     doc.table(header, table)
 
 
-def final_section(doc: Doc, run: Run, summary: dict[str, Any]) -> None:
+def final_section(doc: Doc, run: Run, summary: Summary) -> None:
     """The final model on the test set: returns and IC figures, liquid vs full universe."""
     spec = run.spec
-    k = summary["final"].get("train", {}).get("k", spec.train.k)
+    k = (summary.final.train or {}).get("k", spec.train.k)
     doc.heading(2, "Final model on the test set")
-    costs = CostModel(**summary["costs_model"]) if summary.get("costs_model") else spec.costs
+    costs = summary.costs_model
     z = run.final_series("final", "test")
     base = run.final_series("baseline", "test")
     if z is None:
@@ -130,48 +134,55 @@ def final_section(doc: Doc, run: Run, summary: dict[str, Any]) -> None:
         "costs only on the names that change. Oracle: the planted expected return (synthetic "
         "data only), the ceiling."
     )
-    parts = {"final (liquid)": summary["final"], "baseline (full)": summary.get("baseline")}
-    cols = [name for name, p in parts.items() if p]
-    oracle = summary["final"].get("oracle_test")
+    parts = {"final (liquid)": summary.final, "baseline (full)": summary.baseline}
+    cols = [name for name, p in parts.items() if p is not None]
+    oracle = summary.final.oracle_test
     rows = []
     test_keys = ("ic_sharpe", "mean_ic", "long_return", "long_sharpe", "short_return",
                  "short_sharpe", "ls_return", "ls_sharpe")  # fmt: skip
     cost_keys = ("ls_net_return", "ls_net_sharpe", "to_ls_net_return", "to_ls_net_sharpe",
                  "mean_turnover", "breakeven_bps", "to_breakeven_bps")  # fmt: skip
     for key in test_keys:
-        rows.append([key, *(fmt(parts[c]["test"].get(key), key) for c in cols),
+        rows.append([key, *(fmt(_part(parts, c).test.get(key), key) for c in cols),
                      *([fmt(oracle.get(key), key)] if oracle else [])])  # fmt: skip
     for key in cost_keys:
-        rows.append([key, *(fmt(parts[c].get("costs", {}).get(key), key) for c in cols),
+        rows.append([key, *(fmt(_part(parts, c).costs.get(key), key) for c in cols),
                      *(["-"] if oracle else [])])  # fmt: skip
     rows.append(["val " + spec.train.metric,
-                 *(fmt(parts[c].get("val", {}).get(spec.train.metric), spec.train.metric) for c in cols),
+                 *(fmt(_part(parts, c).val.get(spec.train.metric), spec.train.metric)
+                   for c in cols),
                  *(["-"] if oracle else [])])  # fmt: skip
     doc.table(["metric", *cols, *(["oracle"] if oracle else [])], rows)
 
 
-def search_vs_base_section(doc: Doc, summary: dict[str, Any]) -> None:
+def _part(parts: dict[str, ModelResult | None], name: str) -> ModelResult:
+    p = parts[name]
+    assert p is not None  # only the models that exist are columns
+    return p
+
+
+def search_vs_base_section(doc: Doc, summary: Summary) -> None:
     """Did the search pay? The searched config and the spec's base config, each over the same
     seeds (nothing when the run did not train the base config)."""
-    cmp_, base = summary.get("search_vs_base"), summary.get("base_config")
-    if not cmp_ or not base:
+    cmp_, base = summary.search_vs_base, summary.base
+    if cmp_ is None or base is None:
         return
-    final = summary["final"]
+    final = summary.final
     doc.heading(3, "Did the search pay?")
     doc.para(
         "The searched config and the spec's base config (where stage 1 started), each trained "
-        f"for the final epochs with the same {len(final['seeds'])} seed(s), on the test set: "
+        f"for the final epochs with the same {len(final.members)} seed(s), on the test set: "
         "mean ± standard deviation over the seeds, and the ensemble of the seeds (the mean of "
-        "their scores, which the final model is). " + cmp_["sentence"]
+        "their scores, which the final model is). " + cmp_.sentence
     )
     rows = []
     for key in ("mean_ic", "ic_sharpe", "ls_sharpe"):
-        c = cmp_[key]
+        c = cmp_.by_metric[key]
+        fs, bs = final.seed_spread[key], base.seed_spread[key]
         rows.append([
-            key, pm(final["seed_spread"][key]["mean"], final["seed_spread"][key]["std"], True, key),
-            pm(base["seed_spread"][key]["mean"], base["seed_spread"][key]["std"], True, key),
-            f"{fmt(c['diff'], key)} ± {fmt(c['se'], key).lstrip('+')}",
-            fmt(final["test"][key], key), fmt(base["test"][key], key),
+            key, pm(fs.mean, fs.std, True, key), pm(bs.mean, bs.std, True, key),
+            f"{fmt(c.diff, key)} ± {fmt(c.se, key).lstrip('+')}",
+            fmt(final.test[key], key), fmt(base.test[key], key),
         ])  # fmt: skip
     doc.table(["test metric", "searched, seeds", "base, seeds", "difference ± s.e.",
                "searched, ensemble", "base, ensemble"], rows)  # fmt: skip

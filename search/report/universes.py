@@ -3,38 +3,37 @@ time, and the final model on the test set as each picks it (the gap is lookahead
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 
 from search.report.document import Doc, fmt, png
+from search.results import Summary
 from search.rundir import Run
 
 _LABELS = {"full_period": "full period (looks ahead)", "trailing": "point in time (trailing)"}
 
 
-def universe_section(doc: Doc, run: Run, summary: dict[str, Any]) -> None:
+def universe_section(doc: Doc, run: Run, summary: Summary) -> None:
     """The two universe rules side by side (nothing when the run did not compare them)."""
-    u = summary.get("universes")
-    if not u:
+    u = summary.universes
+    if u is None:
         return
     doc.heading(3, "Universe rules: point in time vs full period (test set)")
     doc.para(
         "The notebook keeps a stock when its mean dollar volume over the whole prices file "
         "clears the threshold, which uses the future; the point-in-time rule keeps it on a date "
-        f"when its mean over the {u['window']} trading days before clears it. Both rows below "
-        f"score the same final model; the run trained on the {_LABELS[u['rule']]} universe. "
-        + u["sentence"]
+        f"when its mean over the {u.window} trading days before clears it. Both rows below "
+        f"score the same final model; the run trained on the {_LABELS[u.rule]} universe. "
+        + u.sentence
     )
     rows = []
-    for rule, r in u["by_rule"].items():
-        oracle = (r.get("oracle_test") or {}).get("mean_ic")
+    for rule, r in u.by_rule.items():
+        oracle = (r.oracle_test or {}).get("mean_ic")
         rows.append([
-            _LABELS.get(rule, rule), f"{r['names_per_test_day']:.0f}",
-            f"{r['turnover_per_day']:.2%}", f"{r['test_rows']:,}",
-            *(fmt(r["test"][key], key) for key in ("ic_sharpe", "mean_ic", "ls_sharpe")),
+            _LABELS.get(rule, rule), f"{r.names_per_test_day:.0f}",
+            f"{r.turnover_per_day:.2%}", f"{r.test_rows:,}",
+            *(fmt(r.test[key], key) for key in ("ic_sharpe", "mean_ic", "ls_sharpe")),
             fmt(oracle, "mean_ic"),
         ])  # fmt: skip
     doc.table(["universe", "names a test day", "turnover a day", "test news rows",
