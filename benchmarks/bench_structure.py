@@ -1,7 +1,7 @@
 """Benchmark: is there something for the search to find on a synthetic market structure?
 
     python benchmarks/bench_structure.py [--structure tuned] [--seeds 3] [--epochs 15]
-                                         [--extra STAGE:KEY=V,KEY=V ...] [--data DIR]
+                                         [--extra STAGE:KEY=V,...[+STAGE:...] ...] [--data DIR]
 
 Without Ray, on one torch thread: generates the market of `configs/search.yaml`'s `data.synth`
 (scale 0.27, seed 0, signal 1.0) with `structure` (once, cached under the spec's `cache_dir` as
@@ -17,8 +17,9 @@ seeds (0, 1000, 2000: `search.spec.replicate_seed`) and the spec's epochs, and s
 Prints one line per training run, then per config the val and test mean IC as mean ± std over
 seeds (std with ddof=1), and the test mean IC of each config minus the base's with its Welch
 standard error, sqrt(s_c^2 / n_c + s_b^2 / n_b), and their ratio; the planted oracle's IC on
-the same rows is the ceiling. `--extra architecture:latent_scale=1.0,hidden_scale=1.5,...`
-adds a chain's variant: that stage's point replaced, the stages before it as expected.
+the same rows is the ceiling. `--extra architecture:latent_scale=0.5+dropout:news_dropout=0.3`
+adds a variant of the chain: those values in those stages' points, cut after the last stage
+named (another path the search may take through configs that tie).
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ def ensure_market(spec: specmod.SearchSpec) -> str:
     want = {"scale": s.scale, "seed": s.seed, "signal": s.signal, "liquidity": s.liquidity,
             "structure": s.structure}  # fmt: skip
     if os.path.exists(summary):
-        params = json.loads(open(summary).read())["params"]
+        with open(summary) as f:
+            params = json.load(f)["params"]
         got = {k: params.get(k, "simple" if k == "structure" else None) for k in want}
         if got != want:
             raise SystemExit(f"{path} holds a market with {got}, expected {want}: remove it")
@@ -123,23 +125,40 @@ def chain(
 
 
 def variant(spec: specmod.SearchSpec, text: str) -> Candidate:
-    """`STAGE:KEY=V,...` as a candidate: EXPECTED with that stage's point replaced, cut after it."""
-    stage_name, _, assigns = text.partition(":")
+    """`STAGE:KEY=V,...[+STAGE:KEY=V,...]` as a candidate: EXPECTED with those values in those
+    stages' points, cut after the last stage named."""
     names = [name for name, _ in EXPECTED]
-    if stage_name not in names:
-        raise SystemExit(f"--extra {text!r}: the stage must be one of {names}")
-    at = names.index(stage_name)
-    point = dict(EXPECTED[at][1])
-    for assign in assigns.split(","):
-        key, _, value = assign.partition("=")
-        if key not in point:
-            raise SystemExit(f"--extra {text!r}: {key!r} is not a key of {stage_name}")
-        point[key] = float(yaml.safe_load(value))
-    last = chain(spec, (*EXPECTED[:at], (stage_name, point)))[-1]
-    return Candidate(f"variant {last.name}", last.model, last.train)
+    points = [dict(point) for _, point in EXPECTED]
+    last = 0
+    for part in text.split("+"):
+        stage_name, _, assigns = part.partition(":")
+        if stage_name not in names:
+            raise SystemExit(f"--extra {text!r}: a stage must be one of {names}")
+        at = names.index(stage_name)
+        for assign in assigns.split(","):
+            key, _, value = assign.partition("=")
+            if key not in points[at]:
+                raise SystemExit(f"--extra {text!r}: {key!r} is not a key of {stage_name}")
+            points[at][key] = float(yaml.safe_load(value))
+        last = max(last, at)
+    path = chain(spec, tuple(zip(names, points, strict=True))[: last + 1])
+    text = "; ".join(c.name.partition(": ")[2] for c in path[1:])
+    return Candidate(f"variant: {text}", path[-1].model, path[-1].train)
+
+
+def describe(cand: Candidate) -> str:
+    """The searched fields of a candidate's configs, on one line."""
+    m, t = cand.model, cand.train
+    return (f"hidden/latent fund {m.fund_hidden}/{m.fundamental_latent} price "
+            f"{m.price_hidden}/{m.price_latent} news {m.news_hidden}/{m.news_latent}, "
+            f"news_alpha {m.news_alpha:g}, dropout fund/price/news {m.fundamental_dropout:g}/"
+            f"{m.price_dropout:g}/{m.news_dropout:g}; lr {t.learning_rate:g}, weight decay "
+            f"{t.weight_decay:g}, label smoothing {t.label_smoothing:g}, {t.epochs} epochs")  # fmt: skip
 
 
 def train_and_score(ds: Dataset, cand: Candidate, seeds: list[int], k: int) -> Runs:
+    """Train `cand` once per seed (its best val state restored, as in a trial) and score it on
+    val and test, printing a line per seed."""
     runs = Runs([], [], [])
     for seed in seeds:
         t0 = time.perf_counter()
@@ -156,14 +175,16 @@ def train_and_score(ds: Dataset, cand: Candidate, seeds: list[int], k: int) -> R
 
 
 def mean_sd(x: list[float]) -> str:
-    sd = float(np.std(x, ddof=1)) if len(x) > 1 else math.nan
-    return f"{np.mean(x):+.4f} ± {sd:.4f}"
+    """`mean ± std` (ddof=1; the mean alone for one seed)."""
+    return f"{np.mean(x):+.4f} ± {np.std(x, ddof=1):.4f}" if len(x) > 1 else f"{x[0]:+.4f}"
 
 
 def welch(c: list[float], b: list[float]) -> tuple[float, float]:
-    """(mean(c) - mean(b), its Welch standard error)."""
-    se = math.sqrt(np.var(c, ddof=1) / len(c) + np.var(b, ddof=1) / len(b))
-    return float(np.mean(c) - np.mean(b)), se
+    """(mean(c) - mean(b), its Welch standard error; NaN with one seed)."""
+    diff = float(np.mean(c) - np.mean(b))
+    if min(len(c), len(b)) < 2:
+        return diff, math.nan
+    return diff, math.sqrt(np.var(c, ddof=1) / len(c) + np.var(b, ddof=1) / len(b))
 
 
 def main() -> None:
@@ -199,20 +220,20 @@ def main() -> None:
     cands = chain(spec, EXPECTED) + [variant(spec, text) for text in args.extra]
     results = {}
     for cand in cands:
-        print(f"{cand.name}\n  model {cand.model.to_dict()}\n  train lr "
-              f"{cand.train.learning_rate:g} wd {cand.train.weight_decay:g} ls "
-              f"{cand.train.label_smoothing:g} epochs {cand.train.epochs}", flush=True)  # fmt: skip
+        print(f"{cand.name}\n  {describe(cand)}", flush=True)
         results[cand.name] = train_and_score(ds, cand, seeds, k)
 
     base = results["base"]
     print(f"\nstructure {args.structure!r}, {len(seeds)} seeds {seeds}, "
           f"{spec.train.epochs} epochs; mean ± std over seeds")  # fmt: skip
-    print(f"{'config':70s} {'val mean IC':>16s} {'val IC sharpe':>14s} {'test mean IC':>16s} "
+    width = max(len(name) for name in results)
+    print(f"{'config':{width}s} {'val mean IC':>16s} {'val IC sharpe':>14s} {'test mean IC':>16s} "
           f"{'test - base':>12s} {'Welch SE':>9s} {'/SE':>6s}")  # fmt: skip
     for name, r in results.items():
         diff, se = welch(r.test, base.test)
-        tail = "" if r is base else f"{diff:+12.4f} {se:9.4f} {diff / se if se else math.inf:6.1f}"
-        print(f"{name:70s} {mean_sd(r.val):>16s} {np.mean(r.val_sharpe):14.2f} "
+        ratio = diff / se if se > 0 else math.nan
+        tail = "" if r is base else f"{diff:+12.4f} {se:9.4f} {ratio:6.1f}"
+        print(f"{name:{width}s} {mean_sd(r.val):>16s} {np.mean(r.val_sharpe):14.2f} "
               f"{mean_sd(r.test):>16s} {tail}")  # fmt: skip
 
 

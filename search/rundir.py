@@ -40,7 +40,7 @@ from ranker.train import METRICS, TrainState
 from search.errors import RunDirError
 from search.results import Analysis, Significance, Summary, decode, encode
 from search.spec import REPLICATE, SearchSpec, StageSpec, from_dict
-from search.trial_result import ERROR, FINISHED, TrialResult, TrialRow
+from search.trial_result import ERROR, FINISHED, STOPPED, TrialResult, TrialRow
 
 log = logging.getLogger("liquid_search")
 
@@ -450,7 +450,11 @@ class Run:
         st = self.stage(stage)
         out = {}
         for r in st.rows or []:
-            if r.status != FINISHED or not r.checkpoint or not st.spec.contains(r.point):
+            if (
+                r.status not in (FINISHED, STOPPED)
+                or not r.checkpoint
+                or not st.spec.contains(r.point)
+            ):
                 continue
             key = (stage, r.trial_id)
             if key not in self._series:

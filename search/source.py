@@ -29,13 +29,15 @@ def data_source(spec: SearchSpec, override: str | None = None) -> str:
         tag += f"-dates{s.n_dates}"
     if s.liquidity != "static":
         tag += f"-{s.liquidity}"
+    if s.structure != "simple":
+        tag += f"-{s.structure}"
     path = os.path.join(os.path.expanduser(spec.data.cache_dir), tag)
     if not os.path.exists(os.path.join(path, synth.SUMMARY_FILE)):
         log.info(f"generating the synthetic market into {path} (once; cached for later runs)")
         # The cache is ours: a half-written market left by an interrupted generation is replaced.
         synth.generate(path, scale=s.scale, seed=s.seed, signal=s.signal, n_symbols=s.n_symbols,
                        n_dates=s.n_dates, log=log.info, force=True,
-                       liquidity=s.liquidity)  # fmt: skip
+                       liquidity=s.liquidity, structure=s.structure)  # fmt: skip
     return path
 
 

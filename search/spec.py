@@ -136,6 +136,9 @@ class FinalSpec:
     # config and the baseline are trained with as many, so every comparison is like with like.
     seeds: int = 3
     compare_base: bool = True  # also train the spec's base config: did the search pay?
+    # Existing models tested beside the final model, by name: a scores file as `liquid-search
+    # score` writes it, or a checkpoint or run directory of this project (`search.compare`).
+    compare: dict[str, str] = field(default_factory=dict)
 
     def member_seeds(self, seed: int) -> list[int]:
         """The training seeds of each final-phase model's members: the spec's seed, then one
@@ -148,6 +151,13 @@ class FinalSpec:
             v = getattr(self, name)
             if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
                 errors.append(f"final.{name}={v!r}: must be a positive integer")
+        for name, path in self.compare.items():
+            if not name.isidentifier() or name in ("final", "base", "baseline", "oracle"):
+                errors.append(f"final.compare.{name}: a comparison's name is an identifier other "
+                              f"than final, base, baseline, oracle, e.g. original")  # fmt: skip
+            if not path.strip():
+                errors.append(f"final.compare.{name}={path!r}: empty. Fix: a scores file, a "
+                              f"checkpoint or a run directory (path or URI)")  # fmt: skip
         if errors:
             raise ConfigError(errors)
 
@@ -183,6 +193,24 @@ class SelectionSpec:
             errors.append(f"selection.block={self.block!r}: a positive integer, or null (sqrt(T))")
         if errors:
             raise ConfigError(errors)
+
+
+@dataclass(frozen=True)
+class HalvingSpec:
+    """Successive halving within each stage (`search.halving`): at every evaluation but the
+    last, keep the best 1/reduction of the grid points; 0 turns it off (every trial trains all
+    its epochs, the notebook's search)."""
+
+    reduction: int = 0
+
+    def __post_init__(self) -> None:
+        r = self.reduction
+        if not (isinstance(r, int) and not isinstance(r, bool) and (r == 0 or r >= 2)):
+            raise ConfigError([f"halving.reduction={r!r}: 0 (off) or an integer >= 2, e.g. 3"])
+
+    @property
+    def on(self) -> bool:
+        return self.reduction >= 2
 
 
 @dataclass(frozen=True)
@@ -240,6 +268,7 @@ class SearchSpec:
     params: dict[str, ParamSpec] = field(default_factory=dict)
     stages: tuple[StageSpec, ...] = ()
     selection: SelectionSpec = field(default_factory=SelectionSpec)
+    halving: HalvingSpec = field(default_factory=HalvingSpec)
     final: FinalSpec = field(default_factory=FinalSpec)
     costs: CostModel = field(default_factory=CostModel)
     resources: ResourceSpec = field(default_factory=ResourceSpec)
@@ -282,6 +311,7 @@ _SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "train": TrainConfig,
     "selection": SelectionSpec,
+    "halving": HalvingSpec,
     "final": FinalSpec,
     "costs": CostModel,
     "resources": ResourceSpec,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -33,6 +34,7 @@ from ranker.model import ModelConfig
 from ranker.train import TrainConfig
 from search.connect import is_client
 from search.errors import Interrupted, StageFailed, storage_error, storage_fault
+from search.halving import Ledger, SuccessiveHalving, seed_from_history
 from search.results import mean_std
 from search.rundir import Best, RunDir, Series, latest_checkpoints, read_checkpoint, read_series
 from search.selection import best_point, point_scores
@@ -51,6 +53,7 @@ from search.trainable import TrialJob, run_trial, train_point
 from search.trial_result import (
     ERROR,
     FINISHED,
+    STOPPED,
     TrialResult,
     TrialRow,
     config_error,
@@ -78,9 +81,12 @@ class StageProgress(tune.Callback):
     `relay`, a `ray.util.queue.Queue` the driver drains.
     """
 
-    def __init__(self, stage: StageSpec, metric: str, run_name: str, relay: Any = None) -> None:
+    def __init__(
+        self, stage: StageSpec, metric: str, run_name: str, relay: Any = None, epochs: int = 0
+    ) -> None:
         self.stage, self.metric, self.run_name, self.relay = stage, metric, run_name, relay
         self.total = stage.n_trials
+        self.epochs = epochs  # a trial that ends before them was cut at a rung
         self.done = 0
         self._metrics: StageMetrics | None = None
         self._trial_metrics: TrialMetrics | None = None
@@ -139,10 +145,12 @@ class StageProgress(tune.Callback):
             return
         self.metrics.finished()
         b = r.best_metrics
+        epochs = getattr(self, "epochs", 0)  # (a callback pickled before it had them)
+        cut = f" | stopped at a rung (epoch {r.epoch})" if r.epoch < epochs else ""
         self._say(
             f"{head} | val {self.metric} {b[self.metric]:6.2f} (epoch {r.best_epoch}) mean IC "
             f"{b['mean_ic']:+.4f} long {b['long_sharpe']:5.2f} short {b['short_sharpe']:5.2f} | "
-            f"{r.train_seconds:5.1f}s"
+            f"{r.train_seconds:5.1f}s{cut}"
         )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -244,7 +252,8 @@ def run_stage(
             fault, run.path, f"a trial of stage {stage.name!r} writing its checkpoint"
         )
     total = stage.n_trials
-    ended = sum(_ended(r, job) for r in grid)
+    cut = halving_cuts(job, grid)
+    ended = sum(_ended(r, job) or r.path in cut for r in grid)
     if ended < total:  # Tune stopped on Ctrl-C (SIGINT) and saved its state: nothing to select
         _cancel(bench)
         raise Interrupted(
@@ -253,7 +262,7 @@ def run_stage(
             f"continues it (finished trials are kept, the others continue from their last "
             f"checkpoint)."
         )
-    rows = collect(stage, run, base_train, grid) + start_rows(job, run, bench, start)
+    rows = collect(stage, run, base_train, grid, cut) + start_rows(job, run, bench, start)
     try:
         best = select(spec, stage, rows, start, _series(run, rows, spec.train.metric), base_model,
                       base_train, time.time() - t0)  # fmt: skip
@@ -340,6 +349,34 @@ def _series(run: RunDir, rows: list[TrialRow], metric: str) -> dict[str, Series]
     return out
 
 
+def halving_cuts(job: TrialJob, grid: Any) -> dict[str, int]:
+    """The trials successive halving cut at a rung ({result path: rung}), decided again from
+    what every trial reported (`search.halving`: the scheduler's own decision, from the same
+    values); {} when halving is off."""
+    spec, stage = job.spec, job.stage
+    if not spec.halving.on:
+        return {}
+    tc = job.base_train
+    ledger = Ledger(stage, tc.epochs, tc.eval_every, spec.halving.reduction)
+    key = "best_" + spec.train.metric
+    for result in grid:
+        cfg = result.config or {}
+        if result.error is not None:
+            ledger.fail(cfg)
+        df = result.metrics_dataframe
+        if df is None or "epoch" not in df or key not in df:
+            continue
+        for epoch, value in zip(df["epoch"], df[key], strict=True):
+            ledger.record(cfg, int(epoch), value)
+    cuts = ledger.cuts()
+    out = {}
+    for result in grid:
+        placed = ledger.place(result.config or {})
+        if placed is not None and placed[0] in cuts and result.error is None:
+            out[result.path] = cuts[placed[0]]
+    return out
+
+
 def _ended(result: Any, job: TrialJob) -> bool:
     """Whether a trial is over: failed for good, could not run, or trained all its epochs.
 
@@ -372,13 +409,14 @@ def _tuner(
     # default ("auto", >= 10 s) could replay up to 10 s of every running trial; a snapshot is a
     # small JSON file, so once a second costs little and bounds the replay to a second.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    rebuilt_from: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
     if tune.Tuner.can_restore(exp_dir):
         if _readable(exp_dir):
             log.info(f"[{stage.name}] resuming the experiment at {exp_dir} (finished trials are "
                      f"kept)")  # fmt: skip
             return tune.Tuner.restore(exp_dir, trainable=_trainable(job, data),
                                       resume_errored=True)  # fmt: skip
-        job = _rebuilt(job, run)
+        job, rebuilt_from = _rebuilt(job, run)
     trainable = _trainable(job, data)
     log.info(
         f"[{stage.name}] {stage.n_trials} trials ({len(stage.points)} grid points x "
@@ -386,13 +424,26 @@ def _tuner(
         f"GPU each, from base {_short(job.base_model, job.base_train)}"
     )
     run_name = os.path.basename(run.path.rstrip("/"))
-    callbacks: list[tune.Callback] = [StageProgress(stage, spec.train.metric, run_name, relay)]
+    callbacks: list[tune.Callback] = [
+        StageProgress(stage, spec.train.metric, run_name, relay, job.base_train.epochs)
+    ]
+    scheduler = None
+    if spec.halving.on:
+        tc = job.base_train
+        ledger = Ledger(stage, tc.epochs, tc.eval_every, spec.halving.reduction)
+        for config, history in rebuilt_from:  # the rungs a rebuilt stage's trials had passed
+            seed_from_history(ledger, config, history, spec.train.metric)
+        scheduler = SuccessiveHalving(ledger, "best_" + spec.train.metric,
+                                      run.stage_path(stage.name))  # fmt: skip
+        log.info(f"[{stage.name}] successive halving: at epochs {ledger.at} the best "
+                 f"1/{spec.halving.reduction} of the grid points go on")  # fmt: skip
     if tracker is not None:
         callbacks.append(tracker.trial_runs(run_name, spec, stage, job.base_model, job.base_train))
     return tune.Tuner(
         trainable,
         param_space=param_space(stage),
         tune_config=tune.TuneConfig(
+            scheduler=scheduler,
             max_concurrent_trials=spec.max_concurrent or None,
             # A finished trial's process takes the next trial: no new process, no second
             # import of torch and Ray Tune per trial (about 7 core-seconds each otherwise).
@@ -430,7 +481,9 @@ def _readable(exp_dir: str) -> bool:
     return True
 
 
-def _rebuilt(job: TrialJob, run: RunDir) -> TrialJob:
+def _rebuilt(
+    job: TrialJob, run: RunDir
+) -> tuple[TrialJob, list[tuple[dict[str, Any], list[dict[str, Any]]]]]:
     """A stage whose Tune record cannot be read, continued in a new attempt directory from its
     trials' own checkpoints: every trial resumes from its newest whole checkpoint (a finished
     one reports its end at once), as after Ctrl-C, so the stage ends as it would have."""
@@ -445,7 +498,14 @@ def _rebuilt(job: TrialJob, run: RunDir) -> TrialJob:
         f"storage fault?): continuing it in {run.file(name)} from the trials' own checkpoints "
         f"({have})"
     )
-    return replace(job, resume_from={k: uri for k, (uri, _) in found.items()})
+    histories = []
+    for key, (uri, _) in found.items():
+        fs, path = storage.filesystem(uri)
+        state, _ = read_checkpoint(path, fs)
+        if state is not None:
+            point, rep = json.loads(key)
+            histories.append(({**dict(point), REPLICATE: rep}, state.progress.history))
+    return replace(job, resume_from={k: uri for k, (uri, _) in found.items()}), histories
 
 
 def _short(m: ModelConfig, t: TrainConfig) -> str:
@@ -457,9 +517,13 @@ def _short(m: ModelConfig, t: TrainConfig) -> str:
     )
 
 
-def collect(stage: StageSpec, run: RunDir, base_train: TrainConfig, grid: Any) -> list[TrialRow]:
+def collect(
+    stage: StageSpec, run: RunDir, base_train: TrainConfig, grid: Any,
+    cut: dict[str, int] | None = None,
+) -> list[TrialRow]:  # fmt: skip
     """One row per trial of a ResultGrid, in grid order. A trial that failed, or never
-    started, is a row with status ERROR and its error; nothing here raises for it."""
+    started, is a row with status ERROR and its error; one successive halving cut at a rung
+    (`cut`: its path -> the rung), STOPPED; nothing here raises for either."""
     rows = []
     keys = list(stage.grid)
     for result in grid:
@@ -478,7 +542,7 @@ def collect(stage: StageSpec, run: RunDir, base_train: TrainConfig, grid: Any) -
                 point={k: float(cfg[k]) if k in cfg else math.nan for k in keys},
                 replicate=rep,
                 seed=replicate_seed(base_train.seed, rep),
-                status=ERROR if error else FINISHED,
+                status=ERROR if error else STOPPED if result.path in (cut or {}) else FINISHED,
                 error=error,
                 result=r,
                 checkpoint=run.relative(ck.path) if ck is not None else "",

@@ -20,7 +20,7 @@ from search.report.document import fmt
 from search.results import Significance
 from search.rundir import Run, RunDir, StageRecord
 from search.spec import REPLICATE
-from search.trial_result import ERROR, FINISHED, RUNNING, TrialRow
+from search.trial_result import ERROR, FINISHED, RUNNING, STOPPED, TrialRow
 
 _COLS = ("ic_sharpe", "mean_ic", "long_sharpe", "short_sharpe", "ls_sharpe")
 
@@ -85,10 +85,14 @@ def _significance_line(sig: Significance) -> str:
 def _counts(statuses: list[str], total: int) -> str:
     n = {s: statuses.count(s) for s in set(statuses)}
     done = n.get(FINISHED, 0)
+    stopped = n.get(STOPPED, 0)
     failed = n.get(ERROR, 0)
     running = n.get(RUNNING, 0)
-    pending = total - done - failed - running
-    return f"{done}/{total} done, {running} running, {pending} pending, {failed} failed"
+    pending = total - done - stopped - failed - running
+    cut = f", {stopped} stopped at a rung" if stopped else ""
+    return (
+        f"{done + stopped}/{total} done{cut}, {running} running, {pending} pending, {failed} failed"
+    )
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,12 @@ def run_trial(config: dict[str, Any], data: dict[str, Any], job: TrialJob) -> No
         if resume is not None and resume.progress.epoch >= tc.epochs:
             # Rebuilt from a checkpoint of a trial that had finished: report it as it ended.
             on_eval(resume.last_evaluation())
+        elif resume is not None and job.spec.halving.on:
+            # The rung this trial stands at is decided from the values reported there: say it
+            # again (its checkpoint is the one Tune already has).
+            again = TrialResult.of_evaluation(resume.last_evaluation(),
+                                              **_where(node_id, device, zero_copy))  # fmt: skip
+            tune.report(again.to_report())
         result = fit(mc, tc, train, val, on_eval=on_eval, resume=resume, device=device)
     except BaseException as e:
         _say(f"{where} ended with {type(e).__name__}: {e}")

@@ -22,8 +22,10 @@ from ranker.train import METRICS, Evaluation
 CONFIG_ERROR = "config_error"
 _BEST = "best_"
 
-# A trial's status (Tune's own names): finished, failed, or, while a stage runs, pending/running.
+# A trial's status (Tune's own names): finished, failed, or, while a stage runs, pending/running;
+# STOPPED: cut at a rung by successive halving (`search.halving`), its best evaluation kept.
 FINISHED = "TERMINATED"
+STOPPED = "STOPPED"
 ERROR = "ERROR"
 RUNNING = "RUNNING"
 PENDING = "PENDING"
@@ -185,8 +187,11 @@ class TrialRow:
         return self.result.best_metrics
 
     def finished(self, metric: str) -> bool:
-        """Ended normally with a value of `metric` to select on."""
-        return self.status == FINISHED and math.isfinite(self.best_metrics.get(metric, math.nan))
+        """Ended normally (all its epochs, or cut at a rung) with a value of `metric` to select
+        on."""
+        return self.status in (FINISHED, STOPPED) and math.isfinite(
+            self.best_metrics.get(metric, math.nan)
+        )
 
     def matches(self, point: dict[str, Any]) -> bool:
         return all(float(self.point[k]) == float(v) for k, v in point.items())

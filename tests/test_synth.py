@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -13,6 +14,7 @@ from scipy.stats import spearmanr
 
 from ranker import synth
 from ranker.backtest import backtest
+from ranker.config import ConfigError
 from ranker.data import load
 from ranker.metrics import MIN_NAMES
 from ranker.schema import (
@@ -31,6 +33,7 @@ from ranker.schema import (
     resolve_features,
 )
 from ranker.universe import LIQUID_THRESHOLD
+from search.spec import SynthSpec
 
 FILES = {DATASET_FILE, PRICES_FILE, ORACLE_FILE, synth.SUMMARY_FILE}
 
@@ -308,6 +311,7 @@ def test_failed_run_leaves_previous_files_and_no_temp_files(tmp_path):
         ({"signal": -1.0}, "signal=-1.0"),
         ({"emb_dim": 4}, "emb_dim=4"),
         ({"seed": -1}, "seed=-1"),
+        ({"structure": "fancy"}, r"structure='fancy': must be one of \['simple', 'tuned'\]"),
         ({"start": "not-a-date"}, "ISO dates"),
         ({"start": "2025-01-01", "end": "2024-01-01", "n_dates": None}, "before start"),
     ],
@@ -316,3 +320,150 @@ def test_bad_parameters_are_rejected(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         synth.generate(tmp_path, **{"n_symbols": 12, "n_dates": 10, **kwargs})
     assert not any(tmp_path.iterdir())
+
+
+# The default market (structure="simple") of n_symbols=40, n_dates=60, emb_dim=8, seed=0,
+# signal=4.0, as generated before the `structure` switch: `_content_hash(file)[:16]`.
+SIMPLE_HASHES = {
+    "static": {DATASET_FILE: "8ec243fca71907c1", PRICES_FILE: "9ef880066f41b890",
+               ORACLE_FILE: "6405a337972bb066"},
+    "moving": {DATASET_FILE: "2f41168ca0b0cab0", PRICES_FILE: "7fb5462c2a54e808",
+               ORACLE_FILE: "d900fb28346aa90a"},
+}  # fmt: skip
+
+
+def _content_hash(path) -> str:
+    """sha256 of a parquet file's column names and values: its data, not its bytes (another
+    pyarrow may write other metadata around the same data)."""
+    table = pq.read_table(path)
+    h = hashlib.sha256()
+    for name in table.column_names:
+        col = table.column(name)
+        if pa.types.is_date(col.type):
+            col = col.cast(pa.int32())
+        values = col.to_numpy()
+        h.update(name.encode())
+        if values.dtype == object:
+            h.update("\0".join(values).encode())
+        else:
+            h.update(np.ascontiguousarray(values).tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("liquidity", ["static", "moving"])
+def test_default_structure_is_the_market_before_the_switch(tmp_path, liquidity):
+    summary = synth.generate(tmp_path, n_symbols=40, n_dates=60, emb_dim=8, seed=0, signal=4.0,
+                             liquidity=liquidity)  # fmt: skip
+    got = {name: _content_hash(tmp_path / name)[:16] for name in SIMPLE_HASHES[liquidity]}
+    assert got == SIMPLE_HASHES[liquidity]
+    saved = json.loads((tmp_path / synth.SUMMARY_FILE).read_text())
+    assert saved["params"]["structure"] == "simple" and "tuned" not in summary
+
+
+def test_tuned_structure_is_deterministic_and_shares_the_simple_draws(tmp_path):
+    kwargs = dict(n_symbols=20, n_dates=30, emb_dim=8, seed=3)
+    synth.generate(tmp_path / "a", structure="tuned", **kwargs)
+    synth.generate(tmp_path / "b", structure="tuned", **kwargs)
+    synth.generate(tmp_path / "simple", **kwargs)
+    for name in FILES:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    for name in (DATASET_FILE, PRICES_FILE, ORACLE_FILE):
+        assert (tmp_path / "a" / name).read_bytes() != (tmp_path / "simple" / name).read_bytes()
+    # The same draws from the same streams: the same rows, news and embeddings; other
+    # fundamentals (they move faster) and returns.
+    tuned = pq.read_table(tmp_path / "a" / DATASET_FILE)
+    simple = pq.read_table(tmp_path / "simple" / DATASET_FILE)
+    emb = [name for name in tuned.column_names if name.startswith("emb_")]
+    assert tuned.select([DATE, SYMBOL, NEWS_COUNT, *emb]).equals(
+        simple.select([DATE, SYMBOL, NEWS_COUNT, *emb])
+    )
+    assert not tuned.select(list(synth.FUND_FEATURES)).equals(
+        simple.select(list(synth.FUND_FEATURES))
+    )
+
+
+@pytest.fixture(scope="module")
+def tuned_frame(tmp_path_factory):
+    """A tuned market big enough for >= 10 liquid news names a date (well under a second),
+    as pandas with the oracle, a news flag and the $50M rule's class; and its summary."""
+    out = tmp_path_factory.mktemp("tuned")
+    summary = synth.generate(out, n_symbols=400, n_dates=120, emb_dim=8, seed=0,
+                             structure="tuned")  # fmt: skip
+    df = pd.read_parquet(out / DATASET_FILE)
+    df[ORACLE] = pd.read_parquet(out / ORACLE_FILE)[ORACLE].to_numpy()
+    df["has_news"] = df["emb_0"] != 0
+    df["liquid"] = df[SYMBOL].map(_liquid_by_rule(pd.read_parquet(out / PRICES_FILE)))
+    df["liquid"] = df["liquid"].to_numpy(dtype=bool)
+    return df, summary
+
+
+def _lag1_autocorrelation(df: pd.DataFrame, column: str) -> float:
+    """Correlation of a column with its value on the symbol's previous date, over all rows."""
+    wide = df.pivot(index=DATE, columns=SYMBOL, values=column).to_numpy()
+    now, before = wide[1:].ravel(), wide[:-1].ravel()
+    both = ~np.isnan(now) & ~np.isnan(before)
+    return float(np.corrcoef(now[both], before[both])[0, 1])
+
+
+def test_tuned_market_plants_what_the_docstring_says(tuned_frame, frames):
+    df, summary = tuned_frame
+    assert summary["liquid_rule_mismatches"] == 0
+    # The oracle is the tuned planted function of the stored features (rows without news: no
+    # news term).
+    rows = df[~df["has_news"]]
+    fund = rows[list(synth.FUND_FEATURES)].to_numpy().T
+    price = rows[list(PRICE_FEATURES)].to_numpy().T
+    mu = synth._planted_mu(fund, price, np.zeros((3, len(rows))), np.zeros(len(rows), bool),
+                           rows["liquid"].to_numpy(), 1.0, "tuned")  # fmt: skip
+    np.testing.assert_array_equal(mu, rows[ORACLE].to_numpy())
+    # The pairs: no two features of a pair share a factor, none is one of the simple terms'.
+    loading = dict(zip(synth.FUND_FEATURES, synth._FUND_LOADINGS, strict=True))
+    simple_terms = {"fcf_yield_z", "roe_z", "revenue_growth_z", "debt_to_equity_z"}
+    for a, b in synth.TUNED_FUND_PAIRS:
+        assert loading[a] @ loading[b] == 0 and not {a, b} & simple_terms, (a, b)
+    assert summary["tuned"]["fund_pairs"] == [list(p) for p in synth.TUNED_FUND_PAIRS]
+    # The products of fundamentals carry most of the liquid names' expected return.
+    liquid = df[df["liquid"]]
+    products = synth._pair_sum(liquid[list(synth.FUND_FEATURES)].to_numpy().T, synth._F,
+                               synth.TUNED_FUND_PAIRS)  # fmt: skip
+    assert np.corrcoef(products, liquid[ORACLE])[0, 1] > 0.8
+    # A strong signal (the simple market's is ≈0.02-0.05 at signal=1)...
+    assert summary["oracle_ic_liquid_news"] > 0.15 and summary["oracle_ic_illiquid_news"] > 0.15
+    # ...in fundamentals that move fast (≈0.2 + 0.8·0.5; the simple market's barely move)...
+    tuned_ac = [_lag1_autocorrelation(df, name) for name in synth.FUND_FEATURES]
+    assert 0.5 < min(tuned_ac) and max(tuned_ac) < 0.7
+    simple_df, _ = frames
+    assert _lag1_autocorrelation(simple_df, "pe_ratio_z") > 0.99
+    # ...so that a name's past returns are no easy proxy for it.
+    news = liquid[liquid["has_news"]]
+    assert abs(_mean_ic(news, "ret_5d_z")) < 0.3 * _mean_ic(news, ORACLE)
+
+
+def test_tuned_composes_with_moving_liquidity(tmp_path):
+    """On a tuned market whose liquidity moves, a mover's oracle is the tuned relation plus the
+    moving market's premium while it lasts (rows without news: no news term)."""
+    summary = synth.generate(tmp_path, n_symbols=60, n_dates=80, emb_dim=8, seed=0,
+                             liquidity="moving", structure="tuned")  # fmt: skip
+    assert "tuned" in summary and summary["movers"]["risers"] > 0
+    movers = summary["movers"]["symbols"]
+    df = pd.read_parquet(tmp_path / DATASET_FILE)
+    df[ORACLE] = pd.read_parquet(tmp_path / ORACLE_FILE)[ORACLE].to_numpy()
+    rows = df[df[SYMBOL].isin(list(movers)) & (df["emb_0"] == 0)]
+    kind = rows[SYMBOL].map(lambda name: movers[name]["kind"]).to_numpy()
+    crosses = rows[SYMBOL].map(lambda name: movers[name]["crosses"]).to_numpy()
+    date = rows[DATE].astype(str).to_numpy()
+    phase = ((kind == "riser") & (date < crosses)).astype(float) - (
+        (kind == "faller") & (date >= crosses)
+    ).astype(float)
+    assert (phase != 0).any()
+    n = len(rows)
+    mu = synth._planted_mu(rows[list(synth.FUND_FEATURES)].to_numpy().T,
+                           rows[list(PRICE_FEATURES)].to_numpy().T, np.zeros((3, n)),
+                           np.zeros(n, bool), np.ones(n, bool), 1.0, "tuned")  # fmt: skip
+    np.testing.assert_allclose(mu + synth._MOVER_PREMIUM * phase, rows[ORACLE], rtol=1e-12)
+
+
+def test_the_spec_checks_the_structure():
+    assert SynthSpec(structure="tuned").structure == "tuned"
+    with pytest.raises(ConfigError, match=r"data.synth.structure='fancy': must be one of"):
+        SynthSpec(structure="fancy")
