@@ -34,7 +34,18 @@ from ranker.split import SplitConfig, split_dates
 from ranker.universe import MODES, UniverseConfig, full_period_liquid, liquid_rows
 from ranker.universe import timeline as universe_timeline
 
-__all__ = ["DataError", "DataInfo", "Dataset", "RowBlock", "load"]
+__all__ = [
+    "DataError",
+    "DataInfo",
+    "Dataset",
+    "RowBlock",
+    "check_splits",
+    "date_range",
+    "liquid_rows_of",
+    "load",
+    "panel_of",
+    "read_block",
+]
 
 
 @dataclass(frozen=True)
@@ -144,7 +155,7 @@ def load(
     say = log or (lambda _msg: None)
     inputs = open_inputs(os.fspath(source))
     keys = read_keys(inputs, threads)
-    liquid = _liquid_rows(keys, universe, inputs.prices_uri)
+    liquid = liquid_rows_of(keys, universe, inputs.prices_uri)
     val_start, test_start = _split_starts(keys, liquid, split, inputs.dataset_uri)
     no_prices = rows_without_prices(keys)
     outside = outside_price_history(keys)
@@ -152,35 +163,35 @@ def load(
     want_full = full_universe & (keys.days < val_start)
     by_rule = {universe.mode: liquid}
     if compare_universes:
-        by_rule = {m: liquid if m == universe.mode else _liquid_rows(keys, universe, "", m)
+        by_rule = {m: liquid if m == universe.mode else liquid_rows_of(keys, universe, "", m)
                    for m in MODES}  # fmt: skip
     any_test = np.logical_or.reduce(list(by_rule.values())) & (keys.days >= test_start)
-    rows, block = _read_block(inputs, keys, liquid | want_full | any_test, split.news_only, say,
+    rows, block = read_block(inputs, keys, liquid | want_full | any_test, split.news_only, say,
                               threads, bf16)  # fmt: skip
     symbols = tuple(str(s) for s in keys.symbols)
     days, kept_liquid = block.days, liquid[rows]
-    train = _panel(block, kept_liquid & (days < val_start), symbols)
-    val = _panel(block, kept_liquid & (days >= val_start) & (days < test_start), symbols)
-    test = _panel(block, kept_liquid & (days >= test_start), symbols)
-    full_train = _panel(block, want_full[rows], symbols) if full_universe else None
+    train = panel_of(block, kept_liquid & (days < val_start), symbols)
+    val = panel_of(block, kept_liquid & (days >= val_start) & (days < test_start), symbols)
+    test = panel_of(block, kept_liquid & (days >= test_start), symbols)
+    full_train = panel_of(block, want_full[rows], symbols) if full_universe else None
     test_by_rule = None
     if compare_universes:
         test_by_rule = {m: test if m == universe.mode else
-                        _panel(block, mask[rows] & (days >= test_start), symbols)
+                        panel_of(block, mask[rows] & (days >= test_start), symbols)
                         for m, mask in by_rule.items()}  # fmt: skip
     has_oracle = block.oracle is not None
     del block
-    _check_splits(train, val, test, inputs.dataset_uri)
+    check_splits(train, val, test, inputs.dataset_uri)
     info = _describe(inputs.source, keys, liquid, no_prices, outside, has_oracle,
                      (train, val, test, full_train))  # fmt: skip
     timeline = universe_timeline(keys.days, keys.sym, by_rule) if compare_universes else None
-    say(f"split (liquid, news only): train {len(train):,} rows ({_date_range(train)}), "
-        f"val {len(val):,} ({_date_range(val)}), test {len(test):,} ({_date_range(test)})")  # fmt: skip
+    say(f"split (liquid, news only): train {len(train):,} rows ({date_range(train)}), "
+        f"val {len(val):,} ({date_range(val)}), test {len(test):,} ({date_range(test)})")  # fmt: skip
     return Dataset(train, val, test, inputs.columns, universe, split, full_train, info,
                    test_by_rule, timeline)  # fmt: skip
 
 
-def _read_block(
+def read_block(
     inputs: Inputs,
     keys: Keys,
     select: np.ndarray,
@@ -201,7 +212,7 @@ def _read_block(
     return rows, block
 
 
-def _liquid_rows(
+def liquid_rows_of(
     keys: Keys, universe: UniverseConfig, prices_uri: str, mode: str | None = None
 ) -> np.ndarray:
     """(N,) bool: the dataset rows in the liquid universe; by `mode` when given (another rule,
@@ -270,7 +281,7 @@ def _split_starts(
         raise DataError(f"{dataset_uri}: {e}") from e
 
 
-def _check_splits(train: Panel, val: Panel, test: Panel, dataset_uri: str) -> None:
+def check_splits(train: Panel, val: Panel, test: Panel, dataset_uri: str) -> None:
     """Every split has a date with enough names: 2 to pair (train), 10 for the metrics.
 
     Raises:
@@ -309,20 +320,20 @@ def _describe(
         train_rows=len(train),
         val_rows=len(val),
         test_rows=len(test),
-        train_dates=_date_range(train),
-        val_dates=_date_range(val),
-        test_dates=_date_range(test),
+        train_dates=date_range(train),
+        val_dates=date_range(val),
+        test_dates=date_range(test),
         full_train_rows=len(full_train) if full_train is not None else None,
         rows_outside_price_history=int(outside.sum()),
         has_oracle=has_oracle,
     )
 
 
-def _date_range(p: Panel) -> str:
+def date_range(p: Panel) -> str:
     return f"{p.dates[0]} to {p.dates[-1]}" if p.n_dates else "-"
 
 
-def _panel(base: RowBlock, mask: np.ndarray, symbols: tuple[str, ...]) -> Panel:
+def panel_of(base: RowBlock, mask: np.ndarray, symbols: tuple[str, ...]) -> Panel:
     """Rows `mask` of the kept block, sorted by (date, symbol), as a Panel."""
     idx = np.flatnonzero(mask)
     days, sym = base.days[idx], base.sym[idx]

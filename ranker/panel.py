@@ -3,6 +3,11 @@
 A Panel is what flows from the loader to training, evaluation and the Ray object store. Rows are
 sorted by date; `bounds[d]:bounds[d + 1]` are the rows of `dates[d]`. Arrays may be read-only
 (zero-copy views out of the object store): nothing here or downstream writes into them.
+
+A Panel can also be a view of another's features (`subset`): its own per-row arrays (returns,
+symbols, the oracle), but the feature matrices of the Panel it came from, with `rows` saying
+which of their rows are its rows. Walk-forward folds are such views of one Panel of every row,
+so the features are in the object store once, whatever the number of folds.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ class Panel:
         bounds: (n_dates + 1,) int64 row offsets of each date.
         symbols: names for `symbol_ids`.
         oracle: (N,) float64 planted expected return (synthetic markets only), else None.
+        rows: (N,) int64 the rows of fund/price/emb that are this Panel's rows, when it is a
+            view of a larger Panel's features (`subset`); None: row i is row i.
     """
 
     fund: np.ndarray
@@ -38,12 +45,15 @@ class Panel:
     bounds: np.ndarray
     symbols: tuple[str, ...]
     oracle: np.ndarray | None = None
+    rows: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.returns)
+        if self.rows is not None:
+            assert self.rows.shape == (n,), f"rows: shape {self.rows.shape}, expected ({n},)"
         for name in ("fund", "price", "emb"):
             arr = getattr(self, name)
-            assert arr.ndim == 2 and arr.shape[0] == n, (
+            assert arr.ndim == 2 and (arr.shape[0] == n or self.rows is not None), (
                 f"{name}: shape {arr.shape}, expected ({n}, k)"
             )
             want = (np.float32, np.uint16) if name == "emb" else (np.float32,)
@@ -74,10 +84,31 @@ class Panel:
 
     @property
     def nbytes(self) -> int:
+        """The bytes of its arrays (a view's shared feature matrices included)."""
         arrays = [self.fund, self.price, self.emb, self.returns, self.symbol_ids, self.bounds]
-        if self.oracle is not None:
-            arrays.append(self.oracle)
+        arrays += [a for a in (self.oracle, self.rows) if a is not None]
         return int(sum(a.nbytes for a in arrays))
+
+    def feature_rows(self, idx: np.ndarray | slice | None = None) -> np.ndarray | slice:
+        """The rows of fund/price/emb that hold this Panel's rows `idx` (all of them: None)."""
+        if self.rows is None:
+            return slice(None) if idx is None else idx
+        return self.rows if idx is None else self.rows[idx]
+
+    def subset(self, idx: np.ndarray) -> Panel:
+        """The Panel of its rows `idx` (ascending, so still sorted by date), sharing its feature
+        matrices: a view, whose own arrays are a few bytes a row."""
+        idx = np.asarray(idx, dtype=np.int64)
+        days = np.repeat(np.arange(self.n_dates), np.diff(self.bounds))[idx]
+        kept, counts = np.unique(days, return_counts=True)
+        rows = self.rows[idx] if self.rows is not None else idx
+        return Panel(
+            fund=self.fund, price=self.price, emb=self.emb, returns=self.returns[idx],
+            symbol_ids=self.symbol_ids[idx], dates=self.dates[kept],
+            bounds=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            symbols=self.symbols, oracle=None if self.oracle is None else self.oracle[idx],
+            rows=rows,
+        )  # fmt: skip
 
 
 def to_bf16_bits(x: np.ndarray) -> np.ndarray:

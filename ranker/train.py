@@ -256,8 +256,12 @@ def score(model: MultiBranchRanker, panel: Panel, batch: int = 8192) -> np.ndarr
     fund, price, emb = as_tensor(panel.fund), as_tensor(panel.price), as_tensor(panel.emb)
     out = np.empty(len(panel), dtype=np.float64)
     for s in range(0, len(panel), batch):
-        part = [t[s : s + batch].to(dev).float() for t in (price, fund, emb)]
-        out[s : s + batch] = model(*part).cpu().numpy()
+        if panel.rows is None:
+            part = [t[s : s + batch] for t in (price, fund, emb)]
+        else:  # a view of a larger Panel's features: gather its rows
+            rows = torch.from_numpy(panel.rows[s : s + batch])
+            part = [torch.index_select(t, 0, rows) for t in (price, fund, emb)]
+        out[s : s + batch] = model(*[t.to(dev).float() for t in part]).cpu().numpy()
     return out
 
 
@@ -398,6 +402,8 @@ class _Step:
             self.opt = torch.optim.AdamW(model.parameters(), lr=tc.learning_rate,
                                          weight_decay=tc.weight_decay, fused=True)  # fmt: skip
         self.inputs = [as_tensor(a).to(device) for a in (train.price, train.fund, train.emb)]
+        # A view of a larger Panel's features: a step's rows map to the features' rows.
+        self.feature_rows = None if train.rows is None else torch.from_numpy(train.rows).to(device)
         self.bf16 = tc.precision == "bf16"
         self.x_dtype = torch.bfloat16 if self.bf16 and bf16_matmul_pays(device) else torch.float32
         # Each step gathers its rows into the same buffers: faster than a fresh 3 MB a step.
@@ -440,6 +446,8 @@ class _Step:
 
     def _gather(self, rows: torch.Tensor) -> list[torch.Tensor]:
         """(price, fund, emb) of `rows`, in the step's buffers and the news dtype it uses."""
+        if self.feature_rows is not None:
+            rows = torch.index_select(self.feature_rows, 0, rows)
         # index_select is a plain row gather, ~5x faster than advanced indexing here.
         x = [torch.index_select(t, 0, rows, out=b[: len(rows)])
              for t, b in zip(self.inputs, self.bufs, strict=True)]  # fmt: skip

@@ -8,6 +8,7 @@ each thing, with the same checks:
     run = api.open_run("runs/run-20261203-101500")  # any run directory, local or s3://
     run.trials("architecture")  # a DataFrame, also while the stage runs
     run.model().score(frame)  # the final model
+    api.score(run.path, data="new_data/", out="scores.pqt")  # every row of new data, scored
 
 Every input is checked before anything starts or is written (the spec with every grid point,
 the flags, the storage, the data and, for a run that exists, that the data is the run's own);
@@ -21,6 +22,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ranker import storage
@@ -181,7 +183,7 @@ def train(
     if not (isinstance(threads, int) and threads >= 1):
         problems.append(f"--threads={threads!r}: must be a positive integer, e.g. 1")
     if out is not None:
-        problems += _out_problem(out, force)
+        problems += _out_problem(out, force, "checkpoint", "ranker.pt")
     asked = load_spec(config, overrides, require_stages=False, problems=problems)
     sp = specmod.with_precision_resolved(asked)
     source = data_source(sp, data)
@@ -210,22 +212,80 @@ def train(
     return doc
 
 
-def _out_problem(out: str, force: bool) -> list[str]:
-    """Why a checkpoint cannot be written at `out` ([] when it can)."""
+def _out_problem(out: str, force: bool, what: str, example: str) -> list[str]:
+    """Why a file (a checkpoint, a scores file: `what`, named like `example`) cannot be written
+    at `out` ([] when it can)."""
     if not str(out).strip():
-        return [f"--out={out!r}: empty. Fix: a file path or URI for the checkpoint"]
+        return [f"--out={out!r}: empty. Fix: a file path or URI for the {what}"]
     try:
         if storage.is_uri(out):
+            if not force and storage.exists(out):
+                return [f"--out={out!r} exists. Fix: another URI, or --force to replace it"]
             return []
         path = storage.absolute(out)
         if os.path.isdir(path):
-            return [f"--out={out!r} is a directory. Fix: a file path, e.g. {out}/ranker.pt"]
+            return [f"--out={out!r} is a directory. Fix: a file path, e.g. {out}/{example}"]
         if os.path.exists(path) and not force:
             return [f"--out={out!r} exists. Fix: another path, or --force to replace it"]
-        storage.check_dir(os.path.dirname(path), create=True, what="checkpoint's directory")
-    except storage.StorageError as e:
+        storage.check_dir(os.path.dirname(path), create=True, what=f"{what}'s directory")
+    except OSError as e:  # StorageError, or a URI whose store cannot be asked
         return [f"--out: {e}"]
     return []
+
+
+# ---------------------------------------------------------------- score
+
+
+def score(
+    model: str,
+    *,
+    data: str,
+    out: str,
+    dates: str | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Score every row of `data` (or the rows of `dates`) with a run's final model (the
+    ensemble), and write them as a scores file (`search.compare`): feature_date, symbol, score
+    and `liquid` (the row is in the run's universe under its rule, on this data's prices).
+
+    Args:
+        model: a run directory (its final model), or a checkpoint file.
+        data: a directory or URI with ml_dataset.pqt and prices.pqt: the model's feature
+            columns and embedding width.
+        out: the parquet file to write (a path or URI), atomically; an existing file is refused
+            unless `force`.
+        dates: `FROM:TO`, ISO dates, both included, either end optional (`2024-01-02:`).
+
+    Returns:
+        The file written, its rows, liquid rows and dates, the seconds taken and rows a second.
+
+    Raises:
+        SpecError: a bad flag, or an --out that exists. CompareError, RunDirError: no model at
+            `model`. DataError: bad data, or data without the model's feature columns.
+    """
+    from search import compare
+
+    problems = _data_problem(data) + _out_problem(out, force, "scores file", "scores.pqt")
+    try:
+        start, end = compare.parse_dates(dates)
+    except ValueError as e:
+        problems.append(str(e))
+    if problems:
+        raise SpecError("command line", problems)
+    ranker = compare.load_model(model)
+    t0 = time.time()
+    rows = ranker.score_source(data, start=start, end=end, log=log.info)
+    compare.write_scores(out, rows)
+    seconds = time.time() - t0
+    log.info(f"wrote {len(rows):,} scores to {out} in {seconds:.1f}s")
+    return {
+        "out": storage.absolute(out),
+        "rows": len(rows),
+        "liquid_rows": int(rows.liquid.sum()),
+        "dates": f"{rows.days.min()} to {rows.days.max()}",
+        "seconds": round(seconds, 2),
+        "rows_per_second": round(len(rows) / seconds) if seconds > 0 else None,
+    }
 
 
 # ---------------------------------------------------------------- run, resume, rerun
@@ -305,7 +365,9 @@ def resume(
     Args:
         overrides: changes to the run's spec, only in the sections that do not change what a
             trial trains (`RESUMABLE`: final, costs, resources, max_concurrent, max_failures),
-            e.g. `final.epochs=20` after a run failed in its final model.
+            e.g. `final.epochs=20` after a run failed in its final model. On a complete run,
+            `final.compare.NAME=PATH` adds a comparison model and trains nothing
+            (`_add_comparisons`); nothing else may change there.
 
     Raises:
         one of USER_ERRORS, as `run`; RunDirError for an override of another section, or data
@@ -320,12 +382,66 @@ def resume(
     if overrides or problems:
         sp = _resumed_spec(old, overrides, problems, rd.file(SPEC_FILE))
     if rd.is_complete():
+        if sp.final.compare != old.final.compare:
+            return _add_comparisons(rd, old, sp, data)
         log.info(f"{rd.path} is complete: nothing to resume (`liquid-search status` shows it)")
         return _view(rd)
     info = rd.read_info()
     source = data or (info.source if info else None) or data_source(sp)
     return _execute(rd, sp, source, address, verbose, on_start, command="resume",
                     new_spec=sp if sp != old else None)  # fmt: skip
+
+
+def _add_comparisons(rd: RunDir, old: SearchSpec, sp: SearchSpec, data: str | None) -> RunView:
+    """A complete run's new or changed `final.compare` entries, and nothing else: no model is
+    trained; the comparisons are computed on the run's test rows, summary.json is rewritten
+    with them (kept ones as they were), then spec.yaml, and the report is written again.
+
+    Raises:
+        SpecError: overrides of anything but final.compare (a complete run trains nothing).
+        one of USER_ERRORS, as `run`: data that is not the run's, a comparison that cannot be
+            made (before anything is written).
+    """
+    from search import compare, tracking
+    from search.report import write_report
+    from search.source import load_data
+
+    if replace(sp, final=replace(sp.final, compare=old.final.compare)) != old:
+        raise SpecError("command line", [
+            f"{rd.path} is complete: only final.compare may change now (its comparisons are "
+            f"computed; nothing is trained). Fix: drop the other overrides, or start a new run "
+            f"with them"])  # fmt: skip
+    tracking.check(sp)
+    info = rd.read_info()
+    source = data or (info.source if info else None)
+    if source is None:
+        raise RunDirError(f"{rd.path} records no data source. Fix: pass --data.")
+    ds = load_data(sp, source, baseline=False)
+    if info is not None:
+        info.check_same_data(ds, source, rd.path)
+    summary = rd.read_summary()
+    assert summary is not None  # the run is complete
+    kept = {n: c for n, c in summary.comparisons.items()
+            if n in sp.final.compare and old.final.compare.get(n) == sp.final.compare[n]}  # fmt: skip
+    todo = {n: p for n, p in sp.final.compare.items() if n not in kept}
+    compare.check(todo, ds, sp.universe.mode)
+    _not_busy(rd)
+    with lease.Lease.acquire(rd, "resume"):
+        made = compare.compare_models(todo, rd, ds, sp.costs, sp.universe.mode)
+        done = {n: kept[n] if n in kept else made[n] for n in sp.final.compare}
+        summary = replace(summary, comparisons=done)
+        rd.write_summary(summary)  # before the spec: a resume cut short here computes it again
+        rd.write_spec(sp)
+        write_report(rd.load())
+        tracker = tracking.Tracker.start(sp, rd, info.mlflow_run if info else None)
+        if tracker is not None:
+            tracker.log_comparisons(summary)
+            tracker.log_documents(rd)
+            tracker.end("FINISHED")
+    for line in compare.lines(made):
+        log.info(line)
+    log.info(f"{rd.path}: {len(made)} comparison(s) added; summary.json and the report rewritten")
+    return _view(rd)
 
 
 def _resumed_spec(
@@ -347,6 +463,7 @@ def rerun_stage(
     stage: str,
     *,
     cont: bool = False,
+    fold: int | None = None,
     data: str | None = None,
     address: str | None = None,
     verbose: bool = False,
@@ -355,9 +472,12 @@ def rerun_stage(
     """Rerun one stage from the saved best of the stage before it, in a new attempt directory
     (`<stage>.v2`, earlier attempts kept); with `cont`, the later stages and the final model too.
 
+    Args:
+        fold: a walk-forward run's fold (1-based) whose stage to rerun (required there).
+
     Raises:
-        one of USER_ERRORS, as `run`; RunDirError for an unknown stage or one whose previous
-            stage has not finished.
+        one of USER_ERRORS, as `run`; RunDirError for an unknown stage or fold, or one whose
+            previous stage has not finished.
     """
     rd = RunDir(run_dir)
     sp = rd.read_spec()
@@ -366,12 +486,13 @@ def rerun_stage(
     names = [s.name for s in sp.stages]
     if stage not in names:
         raise RunDirError(f"no stage {stage!r} in {rd.path}. Fix: name one of its stages {names}.")
+    where = _fold_dir(rd, sp, fold)
     idx = names.index(stage)
     for prev in names[:idx]:
-        if rd.read_best(prev) is None:
+        if where.read_best(prev) is None:
             raise RunDirError(
                 f"stage {stage!r} starts from the best of {prev!r}, which has not finished "
-                f"in {rd.path}. Fix: `liquid-search resume {rd.path}` first."
+                f"in {where.path}. Fix: `liquid-search resume {rd.path}` first."
             )
     info = rd.read_info()
     source = data or (info.source if info else None)
@@ -379,7 +500,26 @@ def rerun_stage(
         raise RunDirError(f"{rd.path} records no data source. Fix: pass --data.")
     rerun = names[idx:] if cont else [stage]
     return _execute(rd, sp, source, address, verbose, on_start, command="stage", rerun=rerun,
-                    stop_after=None if cont else stage)  # fmt: skip
+                    stop_after=None if cont else stage, fold=fold)  # fmt: skip
+
+
+def _fold_dir(rd: RunDir, sp: SearchSpec, fold: int | None) -> RunDir:
+    """The run directory a stage rerun works in: the run's, or a walk-forward fold's.
+
+    Raises:
+        RunDirError: --fold on a single split, none or an unknown one on a walk-forward run.
+    """
+    k = sp.walk_forward.folds
+    if not sp.walk_forward.on:
+        if fold is not None:
+            raise RunDirError(f"{rd.path} is a single split: it has no folds. Fix: drop --fold.")
+        return rd
+    if fold is None or not 1 <= fold <= k:
+        raise RunDirError(
+            f"{rd.path} is a walk-forward run of {k} folds: --fold {fold} is none of them. Fix: "
+            f"--fold I with I in 1..{k} (each fold's stages are its own)."
+        )
+    return rd.fold(fold)
 
 
 def _execute(
@@ -396,6 +536,7 @@ def _execute(
     precision: str | None = None,
     rerun: list[str] | None = None,
     stop_after: str | None = None,
+    fold: int | None = None,
 ) -> RunView:
     """Load and check the data (before Ray: bad input writes nothing), take the run
     directory's lease (one driver per run), connect, check the cluster, then run; record how
@@ -408,14 +549,15 @@ def _execute(
     Raises:
         RunBusy: another driver holds the run. StorageFault: the storage failed mid-run.
     """
-    from search import connect, driver, tracking
-    from search.source import load_data
+    from search import compare, connect, driver, tracking
+    from search.source import load_data, load_folds_data
 
     tracking.check(sp)
-    ds = load_data(sp, source)
+    ds = load_folds_data(sp, source) if sp.walk_forward.on else load_data(sp, source)
     info = rd.read_info()
     if info is not None:
         info.check_same_data(ds, source, rd.path)
+    compare.check(sp.final.compare, ds, sp.universe.mode)
     log.info(precision or _precision_line(sp, sp))
     _not_busy(rd)  # a second driver refuses before it starts Ray
     connect.init(address, verbose=verbose)
@@ -432,7 +574,8 @@ def _execute(
             on_start(rd.path)
         outcome = "failed"
         try:
-            summary = driver.run(sp, rd, ds, source, rerun=rerun, stop_after=stop_after)
+            summary = driver.run(sp, rd, ds, source, rerun=rerun, stop_after=stop_after,
+                                 fold=fold)  # fmt: skip
             outcome = "complete" if summary is not None else f"stopped after {stop_after}"
         except (Interrupted, KeyboardInterrupt):
             outcome = "interrupted"

@@ -1,11 +1,12 @@
 """`liquid-search`: the one command line, a thin layer over the Python API (`search.api`).
 
-Results go to stdout (JSON of `train` and `synth`, the table of `status`, the paths `run` and
-`report` write); progress and logs go to stderr. A mistake (a bad flag, spec, storage or data,
+Results go to stdout (JSON of `train`, `synth` and `score`, the table of `status`, the paths
+`run` and `report` write); progress and logs go to stderr. A mistake (a bad flag, spec, storage or data,
 not a run directory, a cluster that refuses) ends in one line naming the problem and the fix,
 and exit code 2, before anything is written. Ctrl-C or SIGTERM (a scheduler's stop, `timeout`,
 `ray job stop`) stops a run the same way: it is recorded as interrupted, the line names
-`liquid-search resume`, and the exit code is 130. `train`, `status` and `report` never start Ray.
+`liquid-search resume`, and the exit code is 130. `train`, `score`, `status` and `report`
+never start Ray.
 """
 
 from __future__ import annotations
@@ -42,6 +43,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    out = api.score(args.run_dir, data=args.data, out=args.out, dates=args.dates,
+                    force=args.force)  # fmt: skip
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     _quiet_tune(args.verbose)
     run = api.run(args.config, data=args.data, overrides=args.overrides,
@@ -54,7 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_stage(args: argparse.Namespace) -> int:
     _quiet_tune(args.verbose)
-    run = api.rerun_stage(args.run, args.name, cont=args.cont, data=args.data,
+    run = api.rerun_stage(args.run, args.name, cont=args.cont, fold=args.fold, data=args.data,
                           address=args.address, verbose=args.verbose,
                           on_start=args.stop.started)  # fmt: skip
     print(run.path)
@@ -148,6 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="dotted key=value, e.g. train.epochs=5")
     t.set_defaults(fn=cmd_train)
 
+    sc = sub.add_parser("score", help="score every row of a data directory with a run's model")
+    sc.add_argument("run_dir", help="a run directory (its final model) or a checkpoint file")
+    sc.add_argument("--data", required=True,
+                    help="directory or URI with ml_dataset.pqt and prices.pqt to score")  # fmt: skip
+    sc.add_argument("--out", required=True, help="the scores file to write (parquet; path or URI)")
+    sc.add_argument("--dates", help="FROM:TO, ISO dates, both included, e.g. 2024-01-02:")
+    sc.add_argument("--force", action="store_true", help="replace an existing --out file")
+    sc.set_defaults(fn=cmd_score)
+
     r = sub.add_parser("run", help="run the staged search, the final model and the test set")
     r.add_argument("--config", help=f"search spec (default {specmod.DEFAULT_CONFIG})")
     _add_data(r, "default: the spec's, else synthetic")
@@ -165,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--run", required=True, help="the run directory")
     g.add_argument("--continue", dest="cont", action="store_true",
                    help="also rerun the later stages and the final model")  # fmt: skip
+    g.add_argument("--fold", type=int, help="a walk-forward run's fold (1-based) to rerun it in")
     _add_data(g, "where the run's data is now, if it moved")
     g.add_argument("--address")
     g.set_defaults(fn=cmd_stage)

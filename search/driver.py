@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from dataclasses import replace
 from typing import Any
@@ -16,17 +17,20 @@ from typing import Any
 import ray
 
 from ranker.data import Dataset
+from ranker.folds import Folds
 from ranker.model import ModelConfig
 from ranker.train import TrainConfig
 from search.analysis import analyze
 from search.errors import Interrupted
 from search.final import run_final
+from search.pooling import pool
 from search.report import write_report
-from search.results import Summary
+from search.results import Summary, WalkForward
 from search.rundir import Best, RunDir, RunInfo
 from search.spec import SearchSpec
 from search.stages import run_stage
 from search.tracking import Tracker
+from search.walkforward import run_folds
 
 log = logging.getLogger("liquid_search")
 
@@ -55,13 +59,16 @@ def prepare(ds: Dataset) -> tuple[dict[str, Any], Dataset]:
 def run(
     spec: SearchSpec,
     run_dir: RunDir,
-    ds: Dataset,
+    ds: Dataset | Folds,
     source: str,
     *,
     rerun: list[str] | None = None,
     stop_after: str | None = None,
-) -> Summary | None:
-    """Run (or continue) a search in `run_dir` on the loaded data `ds` (from `source`).
+    fold: int | None = None,
+) -> Summary | WalkForward | None:
+    """Run (or continue) a search in `run_dir` on the loaded data `ds` (from `source`): a
+    Dataset's single split, or walk-forward `Folds` (each fold in RUN_DIR/fold_<i>, the folds
+    side by side; with `fold`, that fold alone).
 
     Stages with a best.json are kept; a stage whose experiment exists without one is resumed
     with Tuner.restore (its finished trials are kept); the rest run. Stages named in `rerun` run
@@ -78,12 +85,17 @@ def run(
         run_dir.write_spec(spec)
     previous = run_dir.read_info()
     tracker = Tracker.start(spec, run_dir, previous.mlflow_run if previous else None)
-    refs, ds = prepare(ds)
-    run_dir.write_info(RunInfo(source=source, data=ds.info, columns=ds.columns.to_dict(),
-                               precision=spec.train.precision,
-                               mlflow_run=tracker.run_id if tracker else None))  # fmt: skip
+    info = RunInfo(source=source, data=ds.info, columns=ds.columns.to_dict(),
+                   precision=spec.train.precision, mlflow_run=tracker.run_id if tracker else None)  # fmt: skip
     try:
-        summary = _search(spec, run_dir, ds, refs, rerun_set, stop_after, tracker)
+        if isinstance(ds, Folds):
+            run_dir.write_info(info)
+            summary = _walk_forward(spec, run_dir, ds, info, rerun_set, stop_after, tracker,
+                                    fold)  # fmt: skip
+        else:
+            refs, ds = prepare(ds)
+            run_dir.write_info(info)
+            summary = _search(spec, run_dir, ds, refs, rerun_set, stop_after, tracker)
     except (Interrupted, KeyboardInterrupt):
         if tracker is not None:
             tracker.end("KILLED")  # a resume reopens it
@@ -107,9 +119,11 @@ def _search(
     rerun_set: set[str],
     stop_after: str | None,
     tracker: Tracker | None,
+    stop: threading.Event | None = None,
 ) -> Summary | None:
     """The stages in order, each from the best of the one before, then the final models, the
-    analysis and the report; the summary (None when stopped after a stage)."""
+    analysis and the report; the summary (None when stopped after a stage). `stop`: a walk-
+    forward fold's, set when the run is interrupted."""
     base_model, base_train = spec.model, spec.train
     bests: list[Best] = []
     for st in spec.stages:
@@ -121,9 +135,9 @@ def _search(
             best = run_dir.read_best(st.name)
         if best is None:
             data = {"train": refs["train"], "val": refs["val"]}
-            best = run_stage(spec, st, run_dir, base_model, base_train, data, tracker)
+            best = run_stage(spec, st, run_dir, base_model, base_train, data, tracker, stop)
             if tracker is not None:
-                tracker.log_stage(best)
+                tracker.log_stage(best, run_dir.fold_index)
         else:
             log.info(
                 f"[{st.name}] already done: best {best.metric} {best.value:.3f} at {best.point}"
@@ -134,7 +148,7 @@ def _search(
         base_train = replace(TrainConfig.from_dict(best.train), seed=spec.train.seed)
         if st.name == stop_after:
             return None
-    summary = run_final(spec, run_dir, base_model, base_train, refs, ds, bests)
+    summary = run_final(spec, run_dir, base_model, base_train, refs, ds, bests, stop=stop)
     loaded = run_dir.load()
     analysis = analyze(loaded, ds.test, spec.train.k)
     run_dir.write_analysis(analysis)
@@ -143,3 +157,37 @@ def _search(
     log.info(f"summary: {path}; checkpoint: {summary.checkpoint}")
     log.info(f"report: {html} ({md})")
     return summary
+
+
+def _walk_forward(
+    spec: SearchSpec,
+    run_dir: RunDir,
+    folds: Folds,
+    info: RunInfo,
+    rerun_set: set[str],
+    stop_after: str | None,
+    tracker: Tracker | None,
+    only: int | None,
+) -> WalkForward | None:
+    """Every fold's search side by side (`search.walkforward`), then, once all are complete,
+    the pooled out-of-sample record, the run's summary and report."""
+
+    def chain(spec: SearchSpec, fold_dir: RunDir, ds: Dataset, refs: dict[str, Any],
+              stop: threading.Event) -> Summary | None:  # fmt: skip
+        if not fold_dir.is_run():
+            fold_dir.write_spec(spec)
+        fold_dir.write_fold({"index": fold_dir.fold_index, "train": ds.info.train_dates,
+                             "val": ds.info.val_dates, "test": ds.info.test_dates})  # fmt: skip
+        fold_dir.write_info(replace(info, data=ds.info))
+        return _search(spec, fold_dir, ds, refs, rerun_set, stop_after, tracker, stop)
+
+    summaries = run_folds(spec, run_dir, folds, chain, only=only, tracker=tracker)
+    if stop_after is not None or only is not None or any(s is None for s in summaries):
+        return None
+    wf = pool(spec, run_dir, folds, [s for s in summaries if s is not None])
+    loaded = run_dir.load()
+    path = run_dir.write_summary(wf)  # last: its presence marks the run complete
+    md, html = write_report(dataclasses.replace(loaded, summary=wf))
+    log.info(f"summary: {path}")
+    log.info(f"report: {html} ({md})")
+    return wf

@@ -11,7 +11,8 @@ with `final.seeds` seeds side by side, tested, saved.
 
 Every model is scored on the liquid test set; the final ensemble also on the test set as each
 universe rule picks it (the point-in-time rule is the honest one; the full-period rule, the
-notebook's, looks ahead). Per-date series go to RUN_DIR/final/, the checkpoint to
+notebook's, looks ahead). The existing models of `final.compare` are tested beside it on the same
+rows (`search.compare`). Per-date series go to RUN_DIR/final/, the checkpoint to
 RUN_DIR/final/model.pt, and every figure to summary.json.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -32,6 +34,10 @@ from ranker.data import Dataset
 from ranker.model import Ensemble, ModelConfig
 from ranker.panel import Panel
 from ranker.train import TrainConfig, fit, score
+from search import store
+from search.compare import compare_models
+from search.compare import lines as compare_lines
+from search.errors import Interrupted
 from search.results import (
     Difference,
     MemberResult,
@@ -73,7 +79,9 @@ def _train_task(
     mc: dict[str, Any], tc: dict[str, Any], train: Panel, val: Panel, test: Panel,
     threads: int, gpu: float,
 ) -> Trained:  # fmt: skip
-    """Train one model on the cluster (on the GPU it reserved, if any)."""
+    """Train one model on the cluster (on the GPU it reserved, if any). The Panels come as Ray
+    hands a task's object refs over, or as `store.PanelRef`s (a walk-forward fold's views)."""
+    train, val, test = store.get(train), store.get(val), store.get(test)
     device = devices.setup(threads, gpu)
     lines: list[str] = []
     result = fit(ModelConfig.from_dict(mc), TrainConfig.from_dict(tc), train, val,
@@ -94,9 +102,15 @@ def run_final(
     refs: dict[str, Any],
     ds: Dataset,
     bests: list[Best],
+    *,
+    stop: threading.Event | None = None,
 ) -> Summary:
     """Train the final models, the base config's and the baseline's, test them, save; the
-    summary."""
+    summary. `stop`: a walk-forward fold's, set when the run is interrupted.
+
+    Raises:
+        Interrupted: `stop` was set while the models trained (nothing was saved).
+    """
     tc = replace(train_cfg, epochs=spec.final.epochs)
     roles = {FINAL: (model_cfg, tc, "train")}
     base = (spec.model, replace(spec.train, epochs=spec.final.epochs))
@@ -105,7 +119,7 @@ def run_final(
         roles[BASE] = (*base, "train")
     if "full_train" in refs:
         roles[BASELINE] = (model_cfg, tc, "full_train")
-    trained = _train_all(spec, roles, refs)
+    trained = _train_all(spec, roles, refs, stop)
     members = trained[FINAL]
     if spec.final.compare_base and same_as_base:
         trained[BASE] = members  # the search selected its starting point
@@ -132,6 +146,8 @@ def run_final(
         base=based,
         search_vs_base=compare_seeds(final, based, same_as_base) if based else None,
         universes=_universes(ensemble, ds, tc.k, spec, run),
+        # After the final model's series are written: each comparison is paired with them.
+        comparisons=compare_models(spec.final.compare, run, ds, spec.costs, spec.universe.mode),
     )
     for line in result_lines(summary):
         log.info(line)
@@ -153,6 +169,7 @@ def _train_all(
     spec: SearchSpec,
     roles: dict[str, tuple[ModelConfig, TrainConfig, str]],
     refs: dict[str, Any],
+    stop: threading.Event | None = None,
 ) -> dict[str, list[Trained]]:
     """Every role's models, one Ray task per (role, seed), all side by side."""
     res = {"num_cpus": spec.resources.cpu, "num_gpus": spec.resources.gpu}
@@ -167,6 +184,13 @@ def _train_all(
             refs["test"], *args)
         for role, (mc, tc, train) in roles.items() for seed in _seeds(spec)
     }  # fmt: skip
+    pending = list(jobs.values())
+    while stop is not None and pending:  # a fold's final phase stops when the run does
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
+        if stop.is_set():
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise Interrupted("the final phase was interrupted; `liquid-search resume` reruns it")
     done = dict(zip(jobs, ray.get(list(jobs.values())), strict=True))
     return {role: [done[(role, seed)] for seed in _seeds(spec)] for role in roles}
 
@@ -305,4 +329,4 @@ def result_lines(summary: Summary) -> list[str]:
         out.append(f"[search vs base] {summary.search_vs_base.sentence}")
     if summary.universes is not None:
         out.append(f"[universes] {summary.universes.sentence}")
-    return out
+    return out + compare_lines(summary.comparisons)

@@ -12,7 +12,9 @@ costs' and the oracle's) stay dicts: their keys are data, chosen by the spec (`t
 not the document's structure.
 
 Mean and spread over seeds or replicates have one convention, `mean_std`: the sample standard
-deviation (ddof=1), NaN for a single value; a standard error of a difference is Welch's.
+deviation (ddof=1), NaN for a single value; a standard error of a difference over seeds is
+Welch's; over the test dates of two models scored on the same rows, a paired bootstrap's
+(`search.compare`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import dataclasses
 import math
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -67,7 +69,8 @@ def mean_std(values: typing.Sequence[float]) -> Spread:
 
 @dataclass(frozen=True)
 class Difference:
-    """a - b with its standard error (Welch: sqrt(sa²/na + sb²/nb))."""
+    """a - b with its standard error: over seeds, Welch's sqrt(sa²/na + sb²/nb) (`of`); over
+    test dates, paired (`search.compare.paired_differences`)."""
 
     a: float
     b: float
@@ -226,6 +229,44 @@ class Universes:
 
 
 @dataclass(frozen=True)
+class RuleComparison:
+    """A comparison model on one test set: its backtest's metrics and costs, and per compared
+    metric the final model's value (`a`), this model's (`b`) and the difference with its
+    standard error over the test dates, paired (the same resampled dates for both)."""
+
+    test: Metrics  # `ranker.metrics.summarize` of its scores' backtest
+    costs: Metrics  # `ranker.costs.cost_metrics` of the same
+    vs_final: dict[str, Difference]
+    test_rows: int
+    n_dates: int
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """An existing model beside the final one (`final.compare`), on the run's test rows under
+    the same universe rules, k and cost model (`search.compare`)."""
+
+    name: str
+    source: str  # the path the spec names
+    kind: str  # "scores": a scores file; "checkpoint": a model of this project, scored here
+    test: Metrics  # on the run's test set (the spec's universe rule)
+    costs: Metrics
+    vs_final: dict[str, Difference]  # a: the final model, b: this one
+    test_rows: int
+    n_dates: int
+    by_rule: dict[str, RuleComparison]  # the other universe rules' test sets it covers
+    notes: tuple[str, ...]  # what was not compared, and why
+    block: int  # the paired bootstrap's mean block length (dates) and replications
+    reps: int
+    sentence: str
+
+    @property
+    def series_model(self) -> str:
+        """The name its per-date test series is saved under (`RunDir.write_final_series`)."""
+        return f"compare_{self.name}"
+
+
+@dataclass(frozen=True)
 class Summary:
     """RUN_DIR/summary.json: every stage's selection and the final phase's results. Its
     presence marks the run complete."""
@@ -241,6 +282,8 @@ class Summary:
     base: ModelResult | None = None
     search_vs_base: SearchVsBase | None = None
     universes: Universes | None = None
+    # The existing models of `final.compare`, by name (none in files written before them).
+    comparisons: dict[str, Comparison] = field(default_factory=dict)
     schema: str = SUMMARY_SCHEMA
     version: int = SUMMARY_VERSION
 
@@ -421,6 +464,100 @@ class Analysis:
         return decode(cls, d)
 
 
+# ---------------------------------------------------------------- a walk-forward run's summary.json
+
+
+WALK_FORWARD_SCHEMA = "liquid-search/walk-forward"
+WALK_FORWARD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """One fold of a walk-forward run, from its own summary (RUN_DIR/fold_<i>/summary.json)."""
+
+    index: int
+    train_dates: str
+    val_dates: str
+    test_dates: str
+    choices: dict[str, dict[str, float]]  # each stage's choice in this fold
+    n_tied: dict[str, int]  # each stage's tied set's size
+    val: Metrics  # the fold's final model
+    test: Metrics
+    costs: Metrics
+    base_test: Metrics | None  # the fold's base config, if trained
+    baseline_test: Metrics | None  # the full-universe baseline, if trained
+    search_vs_base: SearchVsBase | None
+    universes: Universes | None
+
+
+@dataclass(frozen=True)
+class Pooled:
+    """The out-of-sample record: the folds' test series concatenated in date order."""
+
+    n_dates: int
+    ic_sharpe: float
+    mean_ic: float
+    mean_ic_t: float  # mean IC / its standard error over the dates
+    ls_sharpe: float  # gross
+    ls_net_sharpe: float  # net of flat costs
+    to_ls_net_sharpe: float  # net of turnover-aware costs
+    ls_return: float
+
+
+@dataclass(frozen=True)
+class AcrossFolds:
+    """Search vs base across folds: the per-fold differences of test mean IC (final minus
+    base, over seeds), their mean and standard error, and how many folds each way."""
+
+    diffs: tuple[float, ...]
+    mean: float
+    se: float
+    better: int
+    worse: int
+    sentence: str
+
+
+@dataclass(frozen=True)
+class Stability:
+    """Which value each stage chose in each fold, and how many folds agree with the most
+    common choice."""
+
+    choices: dict[str, tuple[dict[str, float], ...]]  # stage -> per fold
+    agree: dict[str, int]  # stage -> folds choosing its most common point
+
+
+@dataclass(frozen=True)
+class WalkForward:
+    """RUN_DIR/summary.json of a walk-forward run: every fold's result and what they say
+    together. Its presence marks the run complete."""
+
+    run_dir: str
+    metric: str
+    window: str
+    folds: tuple[FoldResult, ...]
+    pooled: Pooled
+    pooled_base: Pooled | None  # the base config's folds, pooled the same way
+    across: AcrossFolds | None
+    stability: Stability
+    costs_model: CostModel
+    schema: str = WALK_FORWARD_SCHEMA
+    version: int = WALK_FORWARD_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return encode(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "the summary") -> WalkForward:
+        return decode(cls, _check_schema(d, WALK_FORWARD_SCHEMA, WALK_FORWARD_VERSION, where))
+
+
+def read_summary_doc(d: dict[str, Any], where: str) -> Summary | WalkForward:
+    """summary.json of either kind, by its schema key."""
+    if isinstance(d, dict) and d.get("schema") == WALK_FORWARD_SCHEMA:
+        return WalkForward.from_dict(d, where)
+    return Summary.from_dict(d, where)
+
+
 # ---------------------------------------------------------------- the one encoder and decoder
 
 
@@ -495,11 +632,13 @@ __all__ = [
     "PBO",
     "SUMMARY_VERSION",
     "Analysis",
+    "Comparison",
     "Difference",
     "MemberResult",
     "Metrics",
     "ModelResult",
     "PointStats",
+    "RuleComparison",
     "RuleResult",
     "SearchVsBase",
     "Significance",
@@ -510,6 +649,7 @@ __all__ = [
     "TopConfig",
     "TopTrial",
     "Universes",
+    "WalkForward",
     "decode",
     "encode",
     "mean_std",

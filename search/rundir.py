@@ -38,7 +38,15 @@ from ranker.metrics import Daily
 from ranker.panel import Panel
 from ranker.train import METRICS, TrainState
 from search.errors import RunDirError
-from search.results import Analysis, Significance, Summary, decode, encode
+from search.results import (
+    Analysis,
+    Significance,
+    Summary,
+    WalkForward,
+    decode,
+    encode,
+    read_summary_doc,
+)
 from search.spec import REPLICATE, SearchSpec, StageSpec, from_dict
 from search.trial_result import ERROR, FINISHED, STOPPED, TrialResult, TrialRow
 
@@ -55,6 +63,8 @@ UNIVERSES_FILE = "universes_daily.npz"  # each universe rule's liquid set over t
 SUMMARY_FILE = "summary.json"
 ANALYSIS_FILE = "analysis.json"
 LEASE_FILE = "lease.json"  # who drives the run (`search.lease`)
+FOLD_PREFIX = "fold_"  # a walk-forward fold's run directory: fold_1, fold_2, ...
+FOLD_FILE = "fold.json"  # in a fold's run directory: which fold, and its dates
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 REPORT_DIR = "report"
@@ -417,13 +427,19 @@ class Run:
     spec: SearchSpec
     info: RunInfo | None
     stages: list[StageRecord]
-    summary: Summary | None
+    summary: Summary | WalkForward | None
     analysis: Analysis | None
+    fold: dict[str, Any] | None = None  # a walk-forward fold's directory: its fold.json
     _series: dict[tuple[str, str], Series | None] = field(default_factory=dict, repr=False)
 
     @property
     def path(self) -> str:
         return self.dir.path
+
+    @property
+    def walk_forward(self) -> bool:
+        """A walk-forward run's own directory (its folds in fold_<i>), not a fold's."""
+        return self.spec.walk_forward.on and self.fold is None
 
     def stage(self, name: str) -> StageRecord:
         for s in self.stages:
@@ -485,13 +501,23 @@ class Run:
 
 
 class RunDir:
-    """A run directory: names its files, writes them atomically and reads them back typed."""
+    """A run directory: names its files, writes them atomically and reads them back typed.
 
-    def __init__(self, path: str) -> None:
+    A walk-forward run holds one run directory per fold (`fold`): RUN_DIR/fold_<i>, with every
+    file of a run, and its `fold` index (0 for a run's own directory) and `name` (the run's
+    name, and the fold's: "name/fold_2") for labels."""
+
+    def __init__(self, path: str, *, fold: int = 0, name: str | None = None) -> None:
         self.path = storage.absolute(path)
+        self.fold_index = fold
+        self.name = name or os.path.basename(self.path.rstrip("/"))
 
     def __repr__(self) -> str:
         return f"RunDir({self.path!r})"
+
+    def fold(self, i: int) -> RunDir:
+        """The run directory of walk-forward fold `i` (1-based)."""
+        return RunDir(self.file(f"{FOLD_PREFIX}{i}"), fold=i, name=f"{self.name}/{FOLD_PREFIX}{i}")
 
     def file(self, *parts: str) -> str:
         return storage.join(self.path, *parts)
@@ -641,13 +667,14 @@ class RunDir:
 
     # -- summary, analysis, report
 
-    def write_summary(self, summary: Summary) -> str:
+    def write_summary(self, summary: Summary | WalkForward) -> str:
         path = self.file(SUMMARY_FILE)
         storage.write_text(path, dumps(summary.to_dict()))
         return path
 
-    def read_summary(self) -> Summary | None:
-        """summary.json, typed (an earlier version's file is upgraded).
+    def read_summary(self) -> Summary | WalkForward | None:
+        """summary.json, typed: a run's Summary (an earlier version's file is upgraded), or a
+        walk-forward run's WalkForward.
 
         Raises:
             RunDirError: a file written by a newer version.
@@ -655,7 +682,7 @@ class RunDir:
         path = self.file(SUMMARY_FILE)
         if not storage.exists(path):
             return None
-        return Summary.from_dict(json.loads(storage.read_text(path)), path)
+        return read_summary_doc(json.loads(storage.read_text(path)), path)
 
     def is_complete(self) -> bool:
         return storage.exists(self.file(SUMMARY_FILE))
@@ -708,4 +735,12 @@ class RunDir:
             best = self.read_best(st.name)
             rows = self.read_rows(st)
             stages.append(StageRecord(st, self.stage_dir(st.name), rows, best))
-        return Run(self, spec, self.read_info(), stages, self.read_summary(), self.read_analysis())
+        return Run(self, spec, self.read_info(), stages, self.read_summary(), self.read_analysis(),
+                   self.read_fold())  # fmt: skip
+
+    def write_fold(self, doc: dict[str, Any]) -> None:
+        storage.write_text(self.file(FOLD_FILE), dumps(doc))
+
+    def read_fold(self) -> dict[str, Any] | None:
+        path = self.file(FOLD_FILE)
+        return json.loads(storage.read_text(path)) if storage.exists(path) else None

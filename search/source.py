@@ -10,6 +10,7 @@ import os
 
 from ranker import synth
 from ranker.data import Dataset, load
+from ranker.folds import Folds, load_folds
 from search.spec import SearchSpec
 
 log = logging.getLogger("liquid_search")
@@ -58,3 +59,14 @@ def load_data(
     full = spec.final.baseline if baseline is None else baseline
     return load(source, spec.universe, spec.split, full_universe=full, log=log.info,
                 bf16=spec.train.precision == "bf16", compare_universes=compare)  # fmt: skip
+
+
+def load_folds_data(spec: SearchSpec, source: str, *, compare: bool = True) -> Folds:
+    """`load_data` for a walk-forward spec: the data once, cut into its folds.
+
+    Raises:
+        DataError: the data is missing or bad, or a fold has too few dates or names.
+    """
+    return load_folds(source, spec.universe, spec.walk_forward, news_only=spec.split.news_only,
+                      full_universe=spec.final.baseline, compare_universes=compare,
+                      log=log.info, bf16=spec.train.precision == "bf16")  # fmt: skip

@@ -25,7 +25,7 @@ import yaml
 from ranker.config import ConfigError, build
 from ranker.costs import CostModel
 from ranker.model import ModelConfig
-from ranker.split import SplitConfig
+from ranker.split import SplitConfig, WalkForwardConfig
 from ranker.synth import check_params as synth_params
 from ranker.train import TrainConfig, resolve_precision
 from ranker.universe import UniverseConfig
@@ -263,6 +263,7 @@ class SearchSpec:
     data: DataSpec = field(default_factory=DataSpec)
     universe: UniverseConfig = field(default_factory=UniverseConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    walk_forward: WalkForwardConfig = field(default_factory=WalkForwardConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     params: dict[str, ParamSpec] = field(default_factory=dict)
@@ -308,6 +309,7 @@ _SECTIONS: dict[str, type] = {
     "data": DataSpec,
     "universe": UniverseConfig,
     "split": SplitConfig,
+    "walk_forward": WalkForwardConfig,
     "model": ModelConfig,
     "train": TrainConfig,
     "selection": SelectionSpec,

@@ -82,11 +82,13 @@ class StageProgress(tune.Callback):
     """
 
     def __init__(
-        self, stage: StageSpec, metric: str, run_name: str, relay: Any = None, epochs: int = 0
-    ) -> None:
+        self, stage: StageSpec, metric: str, run_name: str, relay: Any = None, epochs: int = 0,
+        fold: int = 0,
+    ) -> None:  # fmt: skip
         self.stage, self.metric, self.run_name, self.relay = stage, metric, run_name, relay
         self.total = stage.n_trials
         self.epochs = epochs  # a trial that ends before them was cut at a rung
+        self.fold = fold  # a walk-forward fold's (its gauges' label)
         self.done = 0
         self._metrics: StageMetrics | None = None
         self._trial_metrics: TrialMetrics | None = None
@@ -97,13 +99,15 @@ class StageProgress(tune.Callback):
     @property
     def metrics(self) -> StageMetrics:
         if self._metrics is None:
-            self._metrics = StageMetrics(self.run_name, self.stage.name)
+            self._metrics = StageMetrics(self.run_name, self.stage.name,
+                                         getattr(self, "fold", 0))  # fmt: skip
         return self._metrics
 
     @property
     def trial_metrics(self) -> TrialMetrics:
         if self._trial_metrics is None:
-            self._trial_metrics = TrialMetrics(self.run_name, self.stage.name)
+            self._trial_metrics = TrialMetrics(self.run_name, self.stage.name,
+                                               getattr(self, "fold", 0))  # fmt: skip
         return self._trial_metrics
 
     def setup(self, **info: Any) -> None:
@@ -177,6 +181,26 @@ def _trial_error(trial: Any) -> BaseException | None:
         return OSError("the trial's error could not be read back")
 
 
+# The stop events of the stages running in this process, by experiment directory: a Tuner
+# restored from its pickle gets its callbacks back from there, not from this run.
+_STOPS: dict[str, threading.Event] = {}
+
+
+class StopWhenSet(tune.Callback):
+    """Ends a stage at Tune's next step once its stop event (`_STOPS[key]`) is set, as Ctrl-C
+    would: Tune's periodic snapshot (every second) keeps every trial where it was, and a resume
+    continues them. For a Tuner in a thread (a walk-forward fold), where Tune does not see the
+    signal itself; the event is looked up by key, so a restored Tuner's copy finds this run's."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        event = _STOPS.get(self.key)
+        if event is not None and event.is_set():
+            raise Interrupted("stopped: the run was interrupted")
+
+
 class _Relay:
     """Drains a StageProgress relay queue into our log, on a thread, while a stage runs."""
 
@@ -211,11 +235,14 @@ def run_stage(
     base_train: TrainConfig,
     data: dict[str, Any],
     tracker: Tracker | None = None,
+    stop: threading.Event | None = None,
 ) -> Best:
     """Run (or, if its experiment exists unfinished, resume) one stage; write its results.
 
     Args:
         tracker: the search's MLflow run, for one nested run per trial (None: no MLflow).
+        stop: set to stop the stage as Ctrl-C would (a walk-forward fold runs in a thread,
+            where Tune does not see the signal).
 
     Returns:
         The stage's best point.
@@ -229,39 +256,15 @@ def run_stage(
     job = TrialJob(spec, stage, base_model, base_train)
     start = start_point(spec, stage, base_model, base_train)
     relay = relay_ctx.queue if relay_ctx is not None else None
-    tuner = _tuner(job, run, data, relay, tracker)
+    tuner = _tuner(job, run, data, relay, tracker, stop)
     # A start that is no grid point is trained beside the grid, as Ray tasks: the benchmark of
     # the stage's SPA test (`search.significance`).
     bench = [] if in_grid(stage, start) else start_trials(job, run, data, start)
-    with contextlib.ExitStack() as stack:
-        if relay_ctx is not None:
-            stack.enter_context(relay_ctx)
-        try:
-            grid = tuner.fit()
-        except (OSError, EOFError, pickle.UnpicklingError) as e:
-            _cancel(bench)
-
-            # Tune reads its own files of the stage back as it ends (a trial's error file, its
-            # results): a storage that failed under it left them cut short or unreadable.
-            raise storage_fault(e, run.path, f"reading back Tune's record of stage "
-                                             f"{stage.name!r}") from None  # fmt: skip
-    fault = next((e for r in grid if (e := storage_error(r.error)) is not None), None)
-    if fault is not None:  # a trial could not write its checkpoint: nothing is selected
+    try:
+        grid, cut = _fit(tuner, job, run, relay_ctx, stop)
+    except BaseException:
         _cancel(bench)
-        raise storage_fault(
-            fault, run.path, f"a trial of stage {stage.name!r} writing its checkpoint"
-        )
-    total = stage.n_trials
-    cut = halving_cuts(job, grid)
-    ended = sum(_ended(r, job) or r.path in cut for r in grid)
-    if ended < total:  # Tune stopped on Ctrl-C (SIGINT) and saved its state: nothing to select
-        _cancel(bench)
-        raise Interrupted(
-            f"stage {stage.name!r} was interrupted with {total - ended} of {total} trials "
-            f"unfinished; nothing was selected from it. Fix: `liquid-search resume {run.path}` "
-            f"continues it (finished trials are kept, the others continue from their last "
-            f"checkpoint)."
-        )
+        raise
     rows = collect(stage, run, base_train, grid, cut) + start_rows(job, run, bench, start)
     try:
         best = select(spec, stage, rows, start, _series(run, rows, spec.train.metric), base_model,
@@ -280,6 +283,51 @@ def run_stage(
     if best.significance is not None:
         log.info(f"[{stage.name}] {best.significance.sentence()}")
     return best
+
+
+def _fit(
+    tuner: tune.Tuner, job: TrialJob, run: RunDir, relay_ctx: _Relay | None,
+    stop: threading.Event | None,
+) -> tuple[Any, dict[str, int]]:  # fmt: skip
+    """Run the stage's Tuner to its end: its ResultGrid and the trials halving cut.
+
+    Raises:
+        Interrupted: the stage stopped before every trial ended (Ctrl-C, `stop`).
+        StorageFault: a trial could not write its checkpoint, or Tune its record.
+    """
+    stage = job.stage
+    with contextlib.ExitStack() as stack:
+        if relay_ctx is not None:
+            stack.enter_context(relay_ctx)
+        try:
+            grid = tuner.fit()
+        except Exception as e:
+            if stop is not None and stop.is_set():  # StopWhenSet ended the stage
+                raise Interrupted(
+                    f"stage {stage.name!r} was interrupted; nothing was selected "
+                    f"from it. Fix: `liquid-search resume` continues it."
+                ) from None
+            if not isinstance(e, (OSError, EOFError, pickle.UnpicklingError)):
+                raise
+            # Tune reads its own files of the stage back as it ends (a trial's error file, its
+            # results): a storage that failed under it left them cut short or unreadable.
+            raise storage_fault(e, run.path, f"reading back Tune's record of stage "
+                                             f"{stage.name!r}") from None  # fmt: skip
+    fault = next((e for r in grid if (e := storage_error(r.error)) is not None), None)
+    if fault is not None:  # a trial could not write its checkpoint: nothing is selected
+        raise storage_fault(fault, run.path, f"a trial of stage {stage.name!r} writing its "
+                                             f"checkpoint")  # fmt: skip
+    total = stage.n_trials
+    cut = halving_cuts(job, grid)
+    ended = sum(_ended(r, job) or r.path in cut for r in grid)
+    if ended < total:  # Tune stopped on Ctrl-C (SIGINT) and saved its state: nothing to select
+        raise Interrupted(
+            f"stage {stage.name!r} was interrupted with {total - ended} of {total} trials "
+            f"unfinished; nothing was selected from it. Fix: `liquid-search resume {run.path}` "
+            f"continues it (finished trials are kept, the others continue from their last "
+            f"checkpoint)."
+        )
+    return grid, cut
 
 
 def _cancel(refs: list) -> None:
@@ -398,12 +446,15 @@ def _ended(result: Any, job: TrialJob) -> bool:
 
 
 def _tuner(
-    job: TrialJob, run: RunDir, data: dict[str, Any], relay: Any, tracker: Tracker | None
-) -> tune.Tuner:
+    job: TrialJob, run: RunDir, data: dict[str, Any], relay: Any, tracker: Tracker | None,
+    stop: threading.Event | None = None,
+) -> tune.Tuner:  # fmt: skip
     """The stage's Tuner: restored when its experiment exists unfinished (finished trials are
     kept), else a new one over the stage's grid."""
     spec, stage = job.spec, job.stage
     exp_dir = run.stage_path(stage.name)
+    if stop is not None:
+        _STOPS[exp_dir] = stop
     # Tune snapshots the experiment (which trial finished, each one's latest checkpoint) every
     # TUNE_GLOBAL_CHECKPOINT_S seconds; `resume` after a crash starts from that snapshot. Its
     # default ("auto", >= 10 s) could replay up to 10 s of every running trial; a snapshot is a
@@ -414,19 +465,23 @@ def _tuner(
         if _readable(exp_dir):
             log.info(f"[{stage.name}] resuming the experiment at {exp_dir} (finished trials are "
                      f"kept)")  # fmt: skip
-            return tune.Tuner.restore(exp_dir, trainable=_trainable(job, data),
+            return tune.Tuner.restore(exp_dir, trainable=_trainable(job, data, run.fold_index),
                                       resume_errored=True)  # fmt: skip
         job, rebuilt_from = _rebuilt(job, run)
-    trainable = _trainable(job, data)
+    trainable = _trainable(job, data, run.fold_index)
     log.info(
         f"[{stage.name}] {stage.n_trials} trials ({len(stage.points)} grid points x "
         f"{stage.replicates} replicate(s)), {spec.resources.cpu:g} CPU / {spec.resources.gpu:g} "
         f"GPU each, from base {_short(job.base_model, job.base_train)}"
     )
-    run_name = os.path.basename(run.path.rstrip("/"))
+    run_name = run.name
     callbacks: list[tune.Callback] = [
-        StageProgress(stage, spec.train.metric, run_name, relay, job.base_train.epochs)
+        StageProgress(
+            stage, spec.train.metric, run_name, relay, job.base_train.epochs, run.fold_index
+        )
     ]
+    if stop is not None:
+        callbacks.append(StopWhenSet(exp_dir))
     scheduler = None
     if spec.halving.on:
         tc = job.base_train
@@ -438,7 +493,8 @@ def _tuner(
         log.info(f"[{stage.name}] successive halving: at epochs {ledger.at} the best "
                  f"1/{spec.halving.reduction} of the grid points go on")  # fmt: skip
     if tracker is not None:
-        callbacks.append(tracker.trial_runs(run_name, spec, stage, job.base_model, job.base_train))
+        callbacks.append(tracker.trial_runs(run_name, spec, stage, job.base_model, job.base_train,
+                                            run.fold_index))  # fmt: skip
     return tune.Tuner(
         trainable,
         param_space=param_space(stage),
@@ -464,10 +520,23 @@ def _tuner(
     )
 
 
-def _trainable(job: TrialJob, data: dict[str, Any]) -> Any:
+# Tune's registry of trainables is a process-wide dict that is not safe to write from two
+# threads (walk-forward folds run a Tuner each): registrations go through this lock, and a
+# Tuner gets its trainable by name, so Tune itself registers nothing.
+_REGISTRY = threading.Lock()
+
+
+def _trainable(job: TrialJob, data: dict[str, Any], fold: int) -> str:
+    """The stage's trainable, registered under a name of its own: `run_trial` (the name every
+    single-split run recorded in its experiment, which a resume must find) or, for a fold,
+    `run_trial_fold<i>` (folds side by side must not replace each other's)."""
     res = job.spec.resources
-    return tune.with_resources(tune.with_parameters(run_trial, data=data, job=job),
-                               {"cpu": res.cpu, "gpu": res.gpu})  # fmt: skip
+    trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, job=job),
+                                    {"cpu": res.cpu, "gpu": res.gpu})  # fmt: skip
+    name = "run_trial" if not fold else f"run_trial_fold{fold}"
+    with _REGISTRY:
+        tune.register_trainable(name, trainable)
+    return name
 
 
 def _readable(exp_dir: str) -> bool:

@@ -17,7 +17,7 @@ from search.analysis import point_table
 from search.final import result_lines
 from search.live import live_trials
 from search.report.document import fmt
-from search.results import Significance
+from search.results import Significance, WalkForward
 from search.rundir import Run, RunDir, StageRecord
 from search.spec import REPLICATE
 from search.trial_result import ERROR, FINISHED, RUNNING, STOPPED, TrialRow
@@ -178,12 +178,18 @@ def _stage_lines(run: Run, st: StageRecord, overfit: dict[str, str]) -> list[str
 
 
 def render(run: Run) -> str:
-    """The status of a loaded run as text."""
+    """The status of a loaded run as text (a walk-forward run's: every fold's, and the pooled
+    record once they are complete)."""
     out = [f"run {run.path}"]
     if run.info is not None:
         state = run.info.outcome or ("complete" if run.summary is not None else "running")
         out[0] += f" (started {run.info.started}; {state}"
         out[0] += f", ended {run.info.ended})" if run.info.ended else ")"
+    if run.walk_forward:
+        return "\n".join(out + _walk_forward_lines(run))
+    if run.fold is not None:
+        out[0] += (f"\nwalk-forward fold {run.fold['index']}: train {run.fold['train']}, val "
+                   f"{run.fold['val']}, test {run.fold['test']}")  # fmt: skip
     overfit, final_dsr = _overfitting(run)
     for st in run.stages:
         out += _stage_lines(run, st, overfit)
@@ -197,6 +203,46 @@ def render(run: Run) -> str:
         out.append("        " + final_dsr)
     out.append(f"checkpoint {s.checkpoint}")
     return "\n".join(out)
+
+
+def _walk_forward_lines(run: Run) -> list[str]:
+    """Each fold as its own run shows it, then what the folds say together."""
+    wf = run.spec.walk_forward
+    out = [f"walk-forward: {wf.folds} folds ({wf.window}); each fold's run directory is "
+           f"{run.dir.fold(1).path[:-1]}<i>"]  # fmt: skip
+    for i in range(1, wf.folds + 1):
+        fold = run.dir.fold(i)
+        out.append(f"\n==== fold {i} ====")
+        if not fold.is_run():
+            out.append("not started")
+            continue
+        lines = render(fold.load()).splitlines()
+        out += lines[1:]  # its first line names its directory
+    s = run.summary
+    if isinstance(s, WalkForward):
+        out += ["", *walk_forward_lines(s)]
+    else:
+        out.append("\n[walk-forward] not pooled yet (every fold must be complete)")
+    return out
+
+
+def walk_forward_lines(s: WalkForward) -> list[str]:
+    """A walk-forward run's pooled out-of-sample record, search vs base across folds, and the
+    stability of each stage's choice, in a few lines."""
+    p = s.pooled
+    out = [
+        f"[walk-forward] pooled out of sample over {p.n_dates} test dates of {len(s.folds)} "
+        f"folds: IC sharpe {p.ic_sharpe:.2f}, mean IC {p.mean_ic:+.4f} (t = {p.mean_ic_t:.2f}), "
+        f"L/S sharpe {p.ls_sharpe:.2f} gross, {p.ls_net_sharpe:.2f} net of flat costs, "
+        f"{p.to_ls_net_sharpe:.2f} net of turnover-aware costs"
+    ]
+    if s.across is not None:
+        out.append(f"[walk-forward] {s.across.sentence}")
+    for stage, picks in s.stability.choices.items():
+        shown = "; ".join(" ".join(f"{k}={_key(v)}" for k, v in p.items()) for p in picks)
+        out.append(f"[walk-forward] {stage}: {s.stability.agree[stage]} of {len(picks)} folds "
+                   f"agree ({shown})")  # fmt: skip
+    return out
 
 
 def watch(run_dir: RunDir, interval: float = 5.0, out: TextIO = sys.stdout) -> int:

@@ -6,7 +6,8 @@ they are exported by the driver's node: its metrics agent serves them on its met
 file Ray writes into its temp dir (`prom_metrics_service_discovery.json`). Ray prefixes each name
 with `ray_` and a counter's with `_total` too.
 
-Every series carries `run` (the run directory's name) and `stage`; a trial's also `trial_id` and
+Every series carries `run` (the run directory's name), `stage` and `fold` (a walk-forward fold's
+index, '' for a single split); a trial's also `trial_id` and
 `point` (its grid point as `key=value ...`, with `replicate=r` when a stage has replicates).
 """
 
@@ -19,8 +20,8 @@ from ray.util.metrics import Counter, Gauge
 from search.trial_result import TrialResult
 
 PREFIX = "liquid_search_"
-TRIAL_TAGS = ("run", "stage", "trial_id", "point")
-STAGE_TAGS = ("run", "stage")
+TRIAL_TAGS = ("run", "stage", "fold", "trial_id", "point")
+STAGE_TAGS = ("run", "stage", "fold")
 
 # Gauge name -> (description, the value of a reported result it shows).
 TRIAL_GAUGES: dict[str, tuple[str, Callable[[TrialResult], float]]] = {
@@ -63,15 +64,16 @@ class TrialMetrics:
     whole run, so every trial's last values stay exported until the run ends.
     """
 
-    def __init__(self, run: str, stage: str) -> None:
-        self.run, self.stage = run, stage
+    def __init__(self, run: str, stage: str, fold: int = 0) -> None:
+        self.run, self.stage, self.fold = run, stage, str(fold or "")
         self.gauges = [
             (Gauge(PREFIX + name, description=desc, tag_keys=TRIAL_TAGS), value)
             for name, (desc, value) in TRIAL_GAUGES.items()
         ]
 
     def report(self, trial_id: str, point: str, result: TrialResult) -> None:
-        tags = {"run": self.run, "stage": self.stage, "trial_id": trial_id, "point": point}
+        tags = {"run": self.run, "stage": self.stage, "fold": self.fold, "trial_id": trial_id,
+                "point": point}  # fmt: skip
         for gauge, value in self.gauges:
             gauge.set(float(value(result)), tags=tags)
 
@@ -79,8 +81,8 @@ class TrialMetrics:
 class StageMetrics:
     """The driver's counters and state of one stage."""
 
-    def __init__(self, run: str, stage: str) -> None:
-        self.tags = {"run": run, "stage": stage}
+    def __init__(self, run: str, stage: str, fold: int = 0) -> None:
+        self.tags = {"run": run, "stage": stage, "fold": str(fold or "")}
         self.counters = {
             name: Counter(PREFIX + name, description=desc, tag_keys=STAGE_TAGS)
             for name, desc in STAGE_COUNTERS.items()

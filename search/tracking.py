@@ -1,8 +1,9 @@
 """MLflow tracking of a search (`tracking.mlflow: URI` in the spec, or `--mlflow URI`).
 
 One MLflow run per search (the parent: each stage's selection, the final model's, the base
-config's and the baseline's test metrics, the search-vs-base and universe comparisons, and the
-spec, summary, analysis and report as artifacts), and one nested run per trial (params: the grid
+config's and the baseline's test metrics, the search-vs-base and universe comparisons, the
+existing models of `final.compare` beside the final one, and the spec, summary, analysis and
+report as artifacts), and one nested run per trial (params: the grid
 point and the model and train configs it resolved to; a metric step per evaluation; tags: the
 run, the stage, the trial id and the grid point). The run directory stays the record; MLflow is
 where a team looks across searches.
@@ -35,7 +36,7 @@ from ranker.config import ConfigError
 from ranker.model import ModelConfig
 from ranker.train import TrainConfig
 from search.errors import SearchError
-from search.results import Summary
+from search.results import Summary, WalkForward
 from search.rundir import Best, RunDir
 from search.spec import SearchSpec, StageSpec, trial_configs
 from search.trial_result import TrialResult, config_error
@@ -143,26 +144,30 @@ class Tracker:
 
     def trial_runs(
         self, run_name: str, spec: SearchSpec, stage: StageSpec, base_model: ModelConfig,
-        base_train: TrainConfig,
+        base_train: TrainConfig, fold: int = 0,
     ) -> TrialRuns:  # fmt: skip
         return TrialRuns(self.uri, self.experiment_id, self.run_id, run_name, spec, stage,
-                         base_model, base_train)  # fmt: skip
+                         base_model, base_train, fold)  # fmt: skip
 
-    def log_stage(self, best: Best) -> None:
+    def log_stage(self, best: Best, fold: int = 0) -> None:
         """A stage's selection: its grid point as params, its value, how many configs are tied
-        with it and the SPA p-value against the stage's start as metrics."""
-        metrics = {f"{best.stage}.best": best.value}
+        with it and the SPA p-value against the stage's start as metrics (a walk-forward fold's
+        under `fold<i>.`)."""
+        key = f"fold{fold}.{best.stage}" if fold else best.stage
+        metrics = {f"{key}.best": best.value}
         sig = best.significance
         if sig is not None and sig.skipped is None:
-            metrics |= {
-                f"{best.stage}.n_tied": sig.n_tied,
-                f"{best.stage}.spa_pvalue": sig.spa_pvalue,
-            }
-        _log(self.client, self.run_id, params=_params(f"{best.stage}.", best.point),
+            metrics |= {f"{key}.n_tied": sig.n_tied, f"{key}.spa_pvalue": sig.spa_pvalue}
+        _log(self.client, self.run_id, params=_params(f"{key}.", best.point),
              metrics=metrics)  # fmt: skip
 
-    def log_final(self, summary: Summary, run: RunDir) -> None:
-        """The final results as metrics, and the run's documents as artifacts."""
+    def log_final(self, summary: Summary | WalkForward, run: RunDir) -> None:
+        """The final results as metrics, and the run's documents as artifacts (a walk-forward
+        run's: the pooled record, each fold's test metrics, search vs base across folds)."""
+        if isinstance(summary, WalkForward):
+            self._log_walk_forward(summary)
+            self.log_documents(run)
+            return
         m: dict[str, float] = {}
         for role, part in summary.models.items():
             m |= _metrics(f"{role}.test.", part.test) | _metrics(f"{role}.val.", part.val)
@@ -175,7 +180,35 @@ class Tracker:
             for rule, r in summary.universes.by_rule.items():
                 m |= _metrics(f"universe.{rule}.test.", r.test)
         _log(self.client, self.run_id, metrics=m)
+        self.log_comparisons(summary)
         self.log_documents(run)
+
+    def _log_walk_forward(self, wf: WalkForward) -> None:
+        m = _metrics("pooled.", {f: getattr(wf.pooled, f) for f in (
+            "ic_sharpe", "mean_ic", "mean_ic_t", "ls_sharpe", "ls_net_sharpe", "to_ls_net_sharpe",
+            "ls_return")})  # fmt: skip
+        for f in wf.folds:
+            m |= _metrics(f"fold{f.index}.test.", f.test) | _metrics(f"fold{f.index}.val.", f.val)
+        if wf.across is not None:
+            m |= _metrics("across_folds.search_vs_base.",
+                          {"mean": wf.across.mean, "se": wf.across.se,
+                           "better": wf.across.better, "worse": wf.across.worse})  # fmt: skip
+        _log(self.client, self.run_id, metrics=m)
+
+    def log_comparisons(self, summary: Summary) -> None:
+        """Each `final.compare` model's test metrics and costs, and per compared metric the
+        final model minus it with its paired standard error (`compare.<name>.vs_final.*`); its
+        source as a tag (a tag, not a param: a resumed run may point a name elsewhere)."""
+        m: dict[str, float] = {}
+        for name, c in summary.comparisons.items():
+            m |= _metrics(f"compare.{name}.test.", c.test)
+            m |= _metrics(f"compare.{name}.costs.", c.costs)
+            for key, d in c.vs_final.items():
+                m |= _metrics(f"compare.{name}.vs_final.{key}.", {"diff": d.diff, "se": d.se})
+            for rule, r in c.by_rule.items():
+                m |= _metrics(f"compare.{name}.universe.{rule}.test.", r.test)
+            self.client.set_tag(self.run_id, f"{TAG}compare.{name}", f"{c.kind}: {c.source}")
+        _log(self.client, self.run_id, metrics=m)
 
     def log_documents(self, run: RunDir) -> None:
         """spec.yaml, summary.json, analysis.json, report.md, report.html and the report's
@@ -215,10 +248,11 @@ class TrialRuns(tune.Callback):
 
     def __init__(
         self, uri: str, experiment_id: str, parent: str, run_name: str, spec: SearchSpec,
-        stage: StageSpec, base_model: ModelConfig, base_train: TrainConfig,
+        stage: StageSpec, base_model: ModelConfig, base_train: TrainConfig, fold: int = 0,
     ) -> None:  # fmt: skip
         self.uri, self.experiment_id, self.parent = uri, experiment_id, parent
         self.run_name, self.spec, self.stage = run_name, spec, stage
+        self.fold = fold  # a walk-forward fold's trials carry it as a tag
         self.base_model, self.base_train = base_model, base_train
         self.runs: dict[str, str] = {}
         self._client: Any = None
@@ -246,7 +280,8 @@ class TrialRuns(tune.Callback):
             self.experiment_id, run_name=f"{self.stage.name}/{trial.trial_id}",
             tags={"mlflow.parentRunId": self.parent, f"{TAG}run": self.run_name,
                   f"{TAG}stage": self.stage.name, f"{TAG}trial_id": trial.trial_id,
-                  f"{TAG}point": point},
+                  f"{TAG}point": point,
+                  **({f"{TAG}fold": str(self.fold)} if getattr(self, "fold", 0) else {})},
         ).info.run_id  # fmt: skip
         params = _params("", trial.config)
         try:

@@ -29,6 +29,7 @@ from ranker import storage
 from ranker.config import ConfigError
 from ranker.model import ModelConfig
 from ranker.train import Evaluation, TrainConfig, TrainState, fit
+from search import store
 from search.rundir import Series, TrialCheckpoint, read_checkpoint, trial_key
 from search.spec import REPLICATE, SearchSpec, StageSpec, trial_configs
 from search.trial_result import TrialResult, error_report
@@ -81,7 +82,7 @@ def run_trial(config: dict[str, Any], data: dict[str, Any], job: TrialJob) -> No
     except (ConfigError, devices.NoCudaDevice) as e:
         tune.report(error_report(f"{type(e).__name__}: {e}"))
         return
-    train, val = ray.get([data["train"], data["val"]])  # zero-copy, read-only views
+    train, val = store.get(data["train"]), store.get(data["val"])  # zero-copy, read-only
     trial_id = tune.get_context().get_trial_id()
     where = f"[liquid-search] {job.stage.name} trial {trial_id} ({job.stage.point_text(config)})"
     resume, best_series = _resume_point(config, job)
@@ -144,7 +145,7 @@ def train_point(
     res = job.spec.resources
     mc, tc, point = trial_configs(job.spec, job.base_model, job.base_train, config)
     device = devices.setup(res.cpu, res.gpu)
-    train, val = ray.get([data["train"], data["val"]])
+    train, val = store.get(data["train"]), store.get(data["val"])
     zero_copy = not (train.emb.flags.writeable or val.emb.flags.writeable)
     last: dict[str, Any] = {}
 

@@ -22,7 +22,7 @@ from search.analysis import analyze, point_table
 from search.errors import RunDirError
 from search.report.figures import cumulative_figure, grid_figure, ic_figure, val_test_figure
 from search.report.universes import universe_figure
-from search.results import Analysis, Summary
+from search.results import Analysis, Summary, WalkForward
 from search.rundir import Run, RunDir
 from search.spec import REPLICATE, SearchSpec
 from search.status import render, stage_trials
@@ -94,6 +94,61 @@ class RunView:
         """What `liquid-search status` prints."""
         return render(self._run)
 
+    # -- a walk-forward run's folds
+
+    def fold(self, i: int) -> RunView:
+        """Walk-forward fold `i` (1-based) as a run of its own: its stages, final model, report.
+
+        Raises:
+            RunDirError: not a walk-forward run, or no such fold.
+        """
+        k = self.spec.walk_forward.folds
+        if not self._run.walk_forward or not 1 <= i <= k:
+            raise RunDirError(
+                f"{self.path}: no fold {i} (folds: {k if self._run.walk_forward else 0})"
+            )
+        return RunView(self._run.dir.fold(i))
+
+    def folds(self) -> pd.DataFrame:
+        """One row per fold of a complete walk-forward run: its dates, each stage's choice, its
+        final model's val and test metrics, and search minus base (test mean IC, over seeds)."""
+        wf = self._require_walk_forward()
+        rows = []
+        for f in wf.folds:
+            d = f.search_vs_base.by_metric["mean_ic"] if f.search_vs_base else None
+            rows.append({"fold": f.index, "train": f.train_dates, "val": f.val_dates,
+                         "test": f.test_dates, **{f"{st}": p for st, p in f.choices.items()},
+                         **{f"val_{k}": v for k, v in f.val.items()},
+                         **{f"test_{k}": v for k, v in f.test.items()},
+                         "search_minus_base": d.diff if d else math.nan,
+                         "search_minus_base_se": d.se if d else math.nan})  # fmt: skip
+        return pd.DataFrame(rows).set_index("fold")
+
+    def pooled(self) -> pd.Series:
+        """A complete walk-forward run's pooled out-of-sample record (its folds' test series
+        concatenated in date order)."""
+        p = self._require_walk_forward().pooled
+        return pd.Series({k: getattr(p, k) for k in (
+            "n_dates", "ic_sharpe", "mean_ic", "mean_ic_t", "ls_sharpe", "ls_net_sharpe",
+            "to_ls_net_sharpe", "ls_return")})  # fmt: skip
+
+    def pooled_series(self) -> pd.DataFrame:
+        """The folds' final models' test series, concatenated in date order, with each date's
+        fold."""
+        wf = self._require_walk_forward()
+        frames = [self.fold(f.index).series("final", "test").assign(fold=f.index)
+                  for f in wf.folds]  # fmt: skip
+        return pd.concat(frames).sort_index()
+
+    def _require_walk_forward(self) -> WalkForward:
+        s = self._run.summary
+        if not isinstance(s, WalkForward):
+            raise RunDirError(
+                f"{self.path}: not a complete walk-forward run ({self.state}). Fix: wait for "
+                f"every fold (`liquid-search status {self.path} --watch`)."
+            )
+        return s
+
     # -- the stages
 
     def trials(self, stage: str) -> pd.DataFrame:
@@ -162,7 +217,8 @@ class RunView:
 
     def final_metrics(self, split: str = "test") -> pd.DataFrame:
         """The final model (the ensemble), the base config and the full-universe baseline on
-        `split` ("test" or "val"), one row each, and the planted oracle on a synthetic market."""
+        `split` ("test" or "val"), one row each, and the planted oracle on a synthetic market
+        (existing models beside the final one: `comparisons`)."""
         s = self._require_summary()
         rows = {}
         for role, part in s.models.items():
@@ -199,8 +255,9 @@ class RunView:
                             index=pd.DatetimeIndex(t["date"], name="date"))  # fmt: skip
 
     def series(self, model: str = "final", split: str = "test") -> pd.DataFrame:
-        """The per-date series of `model` ("final" or "baseline") on `split` ("val", "test",
-        or "test_<rule>"): IC and the long, short and long/short returns, by date."""
+        """The per-date series of `model` ("final", "baseline", or "compare_<name>" for a model
+        of `final.compare`, test only) on `split` ("val", "test", or "test_<rule>"): IC and the
+        long, short and long/short returns, by date."""
         z = self._run.final_series(model, split)
         if z is None:
             raise RunDirError(f"{self.path}: no {model} series on {split!r}")
@@ -213,6 +270,26 @@ class RunView:
         rows = {st.stage: {"pbo": st.pbo.pbo, "dsr": st.dsr.dsr, "n_trials": st.dsr.n_trials,
                            "value": st.value} for st in self.analysis.stages}  # fmt: skip
         return pd.DataFrame.from_dict(rows, orient="index")
+
+    def comparisons(self) -> pd.DataFrame:
+        """The final model and each existing model of `final.compare` on the same test rows,
+        one row each (the notebook's side-by-side table): test metrics and costs, test rows."""
+        s = self._require_summary()
+        rows = {"final": {**s.final.test, **s.final.costs, "test_rows": s.data.test_rows}}
+        for name, c in s.comparisons.items():
+            rows[name] = {**c.test, **c.costs, "test_rows": c.test_rows}
+        return pd.DataFrame.from_dict(rows, orient="index")
+
+    def vs_final(self) -> pd.DataFrame:
+        """Per comparison model and compared metric: the final model's value, the model's, the
+        final minus it and its standard error over the test dates (paired), and the difference
+        in standard errors."""
+        s = self._require_summary()
+        rows = [{"model": name, "metric": m, "final": d.a, "other": d.b, "diff": d.diff,
+                 "se": d.se, "z": d.z} for name, c in s.comparisons.items()
+                for m, d in c.vs_final.items()]  # fmt: skip
+        cols = ["model", "metric", "final", "other", "diff", "se", "z"]
+        return pd.DataFrame(rows, columns=cols).set_index(["model", "metric"])
 
     def model(self) -> checkpoint.Ranker:
         """The final model, loaded: `view.model().score(frame)` scores a DataFrame or Arrow
@@ -239,8 +316,10 @@ class RunView:
         s = run.summary
         z = run.final_series("final", "test")
         if s is not None and z is not None:
+            others = {name: o for name, c in s.comparisons.items()
+                      if (o := run.final_series(c.series_model, "test")) is not None}  # fmt: skip
             out["test_cumulative_returns.png"] = cumulative_figure(z, s.costs_model,
-                                                                   self.spec.train.k)  # fmt: skip
+                                                                   self.spec.train.k, others)  # fmt: skip
             out["test_daily_ic.png"] = ic_figure(z, run.final_series("baseline", "test"))
             t = run.dir.read_universe_timeline()
             if t is not None:

@@ -134,10 +134,11 @@ def run_search(sp, run_dir: Path | str, **kwargs):
     """driver.run as the CLI calls it: load the spec's data, then run in `run_dir`."""
     from search import driver
     from search.rundir import RunDir
-    from search.source import data_source, load_data
+    from search.source import data_source, load_data, load_folds_data
 
     source = data_source(sp, kwargs.pop("source", None))
-    return driver.run(sp, RunDir(str(run_dir)), load_data(sp, source), source, **kwargs)
+    data = load_folds_data(sp, source) if sp.walk_forward.on else load_data(sp, source)
+    return driver.run(sp, RunDir(str(run_dir)), data, source, **kwargs)
 
 
 @pytest.fixture(scope="session")

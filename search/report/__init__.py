@@ -13,6 +13,7 @@ from search.errors import RunDirError
 from search.report.document import Doc, fmt, png
 from search.report.figures import val_test_figure
 from search.report.sections import (
+    comparison_section,
     final_section,
     header_section,
     overfitting_section,
@@ -20,6 +21,8 @@ from search.report.sections import (
     stage_section,
 )
 from search.report.universes import universe_section
+from search.report.walkforward import write_walk_forward_report
+from search.results import WalkForward
 from search.rundir import Run
 
 __all__ = ["write_report"]
@@ -32,8 +35,15 @@ def write_report(run: Run) -> tuple[str, str]:
         (path of report.md, path of report.html).
 
     Raises:
-        RunDirError: no stage of the run has finished.
+        RunDirError: no stage of the run has finished (a walk-forward run: it is not pooled).
     """
+    if run.walk_forward:
+        if not isinstance(run.summary, WalkForward):
+            raise RunDirError(
+                f"{run.path}: a walk-forward run's report pools its folds once every fold is "
+                f"complete; each fold's is in its directory (RUN_DIR/fold_<i>/report.html)"
+            )
+        return write_walk_forward_report(run, run.summary)
     finished = run.finished
     if not finished:
         raise RunDirError(
@@ -77,6 +87,7 @@ def write_report(run: Run) -> tuple[str, str]:
                    "test mean_ic", "test ls_sharpe"], table)  # fmt: skip
     if summary is not None:
         final_section(doc, run, summary)
+        comparison_section(doc, summary)
         search_vs_base_section(doc, summary)
         universe_section(doc, run, summary)
 

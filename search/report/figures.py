@@ -228,11 +228,18 @@ def _date_axis(ax: Any) -> None:
     ax.xaxis.set_major_formatter(ConciseDateFormatter(loc))
 
 
-def cumulative_figure(z: Series, costs: CostModel, k: int) -> Figure:
-    """The final model's cumulative test returns: gross, flat-cost net, turnover-aware net."""
+COMPARED_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+
+
+def cumulative_figure(
+    z: Series, costs: CostModel, k: int, others: dict[str, Series] | None = None
+) -> Figure:
+    """The final model's cumulative test returns: gross, flat-cost net, turnover-aware net;
+    and each existing model of `others` (`final.compare`, by name) beside it, gross, dotted."""
     to = books_turnover(z.long_symbols, z.short_symbols)
     series = net_returns(z.long, z.short, to, costs)
     dates = z.date
+    others = others or {}
     fig = Figure(figsize=(12, 4.4), layout="constrained")
     axes = fig.subplots(1, 3, sharey=True)
     styles = {
@@ -246,6 +253,10 @@ def cumulative_figure(z: Series, costs: CostModel, k: int) -> Figure:
             x = series[kind][book]
             ax.plot(dates, np.cumsum(x), ls, color=color, lw=1.8,
                     label=f"{label} (Sharpe {sharpe(x):.2f})")  # fmt: skip
+        for i, (name, o) in enumerate(others.items()):
+            x = getattr(o, book)
+            ax.plot(o.date, np.cumsum(x), ":", color=COMPARED_COLORS[i % len(COMPARED_COLORS)],
+                    lw=2.0, label=f"{name}: gross (Sharpe {sharpe(x):.2f})")  # fmt: skip
         ax.axhline(0, color="#888", lw=0.8)
         ax.set_title(titles[book], fontsize=11)
         ax.grid(alpha=0.3)
@@ -253,8 +264,10 @@ def cumulative_figure(z: Series, costs: CostModel, k: int) -> Figure:
         _date_axis(ax)
     axes[0].set_ylabel("cumulative return (sum of daily returns)")
     axes[0].yaxis.set_major_formatter(PercentFormatter(1.0))
+    beside = f" beside {', '.join(others)}" if others else ""
     fig.suptitle(
-        f"Final model on the test set: cumulative returns (costs: spread {costs.spread * 1e4:g} "
+        f"Final model{beside} on the test set: cumulative returns (costs: spread "
+        f"{costs.spread * 1e4:g} "
         f"bps, impact {costs.impact * 1e4:g} bps each way, borrow {costs.borrow:.1%}/yr; "
         "annualised Sharpes)",
         fontsize=11,

@@ -1,4 +1,5 @@
-"""The report's sections: the header, "is the winner real?", one per stage, the final model."""
+"""The report's sections: the header, "is the winner real?", one per stage, the final model and
+the existing models beside it."""
 
 from __future__ import annotations
 
@@ -122,8 +123,11 @@ def final_section(doc: Doc, run: Run, summary: Summary) -> None:
     if z is None:
         doc.para("No per-date test series of the final model: plots skipped.")
     else:
-        doc.image("test_cumulative_returns.png", png(cumulative_figure(z, costs, k)),
-                  "Final model: cumulative test returns, gross and net of costs")  # fmt: skip
+        others = {name: o for name, c in summary.comparisons.items()
+                  if (o := run.final_series(c.series_model, "test")) is not None}  # fmt: skip
+        doc.image("test_cumulative_returns.png", png(cumulative_figure(z, costs, k, others)),
+                  "Final model: cumulative test returns, gross and net of costs"
+                  + (f"; {', '.join(others)} gross, dotted" if others else ""))  # fmt: skip
         doc.image("test_daily_ic.png", png(ic_figure(z, base)),
                   "Final model: daily test IC with its rolling mean")  # fmt: skip
     doc.heading(3, "Liquid universe vs full universe (test set)")
@@ -186,3 +190,59 @@ def search_vs_base_section(doc: Doc, summary: Summary) -> None:
         ])  # fmt: skip
     doc.table(["test metric", "searched, seeds", "base, seeds", "difference ± s.e.",
                "searched, ensemble", "base, ensemble"], rows)  # fmt: skip
+
+
+_COMPARED = ("ic_sharpe", "mean_ic", "long_return", "long_sharpe", "short_return", "short_sharpe",
+             "ls_return", "ls_sharpe", "ls_net_sharpe", "to_ls_net_sharpe")  # fmt: skip
+_LABELS = {"ls_net_sharpe": "ls_sharpe net (flat)", "to_ls_net_sharpe": "ls_sharpe net (turnover)"}
+
+
+def comparison_section(doc: Doc, summary: Summary) -> None:
+    """The existing models of `final.compare` beside the final model on the same test rows: the
+    notebook's side-by-side table, a row per model, and a row per comparison of the final model
+    minus it with its paired standard error (nothing when the spec compares none)."""
+    cs = summary.comparisons
+    if not cs:
+        return
+    first = next(iter(cs.values()))
+    doc.heading(3, "Beside existing models (test set)")
+    doc.para(
+        "Each model of `final.compare` is scored on the final model's test rows, under the same "
+        "universe rule, books and cost model: a scores file as given (`liquid-search score` "
+        "writes one), a checkpoint or run directory scored on the run's data. Returns are mean "
+        f"daily x {ANN}; net: of flat costs (both books rebuilt daily) and of turnover-aware "
+        'costs. "final − X": the final model minus X, ± its standard error over the '
+        f"{first.n_dates} test dates, paired (a stationary bootstrap resamples the same dates "
+        f"for both; mean block {first.block}, {first.reps} replications). "
+        + " ".join(c.sentence for c in cs.values())
+    )
+    final = summary.final.test | summary.final.costs
+    rows = [
+        ["final", f"{summary.data.test_rows or 0:,}", *(fmt(final.get(m), m) for m in _COMPARED)]
+    ]
+    for c in cs.values():
+        mine = c.test | c.costs
+        rows.append([f"{c.name} ({c.kind})", f"{c.test_rows:,}",
+                     *(fmt(mine.get(m), m) for m in _COMPARED)])  # fmt: skip
+    for c in cs.values():
+        rows.append([f"final − {c.name}", "", *(_diff(c.vs_final[m].diff, c.vs_final[m].se, m)
+                                               for m in _COMPARED)])  # fmt: skip
+    doc.table(["model", "test rows", *(_LABELS.get(m, m) for m in _COMPARED)], rows)
+    by_rule = [(c, rule, r) for c in cs.values() for rule, r in c.by_rule.items()]
+    if by_rule:
+        keys = ("ic_sharpe", "mean_ic", "ls_sharpe")
+        doc.para("The same models on the test set as the other universe rule picks it:")
+        doc.table(["model", "universe", "test rows", *keys, "final − model mean_ic"],
+                  [[c.name, rule, f"{r.test_rows:,}", *(fmt(r.test.get(m), m) for m in keys),
+                    _diff(r.vs_final["mean_ic"].diff, r.vs_final["mean_ic"].se, "mean_ic")]
+                   for c, rule, r in by_rule])  # fmt: skip
+    notes = [f"{c.name}: {n}" for c in cs.values() for n in c.notes]
+    if notes:
+        doc.para("Not compared: " + "; ".join(notes) + ".")
+
+
+def _diff(d: float, se: float, key: str) -> str:
+    """`+d ± se`, signed whatever `fmt` does for the key."""
+    text = fmt(d, key)
+    sign = "+" if text[0].isdigit() else ""
+    return f"{sign}{text} ± {fmt(se, key).lstrip('+')}"
