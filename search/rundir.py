@@ -459,17 +459,18 @@ class Run:
             out.append(s)
         return out
 
-    def trial_series(self, stage: str) -> dict[str, Series]:
+    def trial_series(self, stage: str, start: bool = False) -> dict[str, Series]:
         """The val series of each finished trial's best evaluation, by trial id: the trials of
-        the stage's grid (a starting point trained beside the grid as the SPA test's benchmark
-        is not a candidate, and PBO and DSR leave it out; trials with no series too)."""
+        the stage's grid (trials with no series left out). A starting point trained beside the
+        grid as the SPA test's benchmark is no candidate, so PBO and DSR leave it out; with
+        `start`, its trials are included (the `spa` rule can keep it as the stage's choice)."""
         st = self.stage(stage)
         out = {}
         for r in st.rows or []:
             if (
                 r.status not in (FINISHED, STOPPED)
                 or not r.checkpoint
-                or not st.spec.contains(r.point)
+                or not (start or st.spec.contains(r.point))
             ):
                 continue
             key = (stage, r.trial_id)

@@ -157,7 +157,8 @@ def selected_dsr(run: Run, stages_so_far: list[str], selected: str) -> DSR:
     Args:
         stages_so_far: every stage up to and including the selecting one; N is the number of
             finished trials with a series across them, V the variance (ddof=1) of their
-            per-period IC Sharpes.
+            per-period IC Sharpes. Where the `spa` rule kept a starting point that is no grid
+            point (its trials are the stage's `start_r<i>`), that trial counts as one more.
         selected: the trial id whose series is tested (see `selected_trial`).
 
     Returns:
@@ -168,6 +169,10 @@ def selected_dsr(run: Run, stages_so_far: list[str], selected: str) -> DSR:
         RunDirError: `selected` is not a finished trial of those stages.
     """
     series = all_series(run, stages_so_far)
+    if selected not in series:
+        kept = run.trial_series(stages_so_far[-1], start=True)
+        if selected in kept:
+            series[selected] = kept[selected]
     if selected not in series:
         raise RunDirError(
             f"trial {selected!r} has no val series among the finished trials of "

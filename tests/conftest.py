@@ -102,10 +102,15 @@ def ray_session_dir(ray_local) -> Path:
     return _SESSION[-1]
 
 
+# One trial at a time unless a test says otherwise: a stage of tiny trials then starts one trial
+# process (about 4 CPU-seconds of imports) instead of one per CPU, and trains the same numbers.
+TEST_OVERRIDES = {"max_concurrent": "1"}
+
+
 def smoke_spec(tiny_market: Path, **overrides: str):
     from search import spec as specmod
 
-    items = [f"{k}={v}" for k, v in overrides.items()]
+    items = [f"{k}={v}" for k, v in {**TEST_OVERRIDES, **overrides}.items()]
     sp = specmod.load(SMOKE, [f"data.source={tiny_market}", *items])
     return sp
 

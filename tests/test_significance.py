@@ -18,7 +18,9 @@ from arch.bootstrap import StationaryBootstrap
 from ranker.significance import default_block, model_confidence_set, superior_predictive_ability
 from search import spec as specmod
 from search.rundir import RunDir, Series
+from search.analysis import selected_trial
 from search.significance import assess, start_point
+from search.stage_overfit import selected_dsr
 from search.stages import select
 from search.trial_result import FINISHED, TrialResult, TrialRow
 from tests.conftest import run_search, smoke_spec
@@ -137,11 +139,13 @@ def test_the_start_point_is_the_base_config_in_grid_units():
 
 def test_a_stage_of_one_model_with_other_seeds_is_all_tied(tiny_market, ray_local, tmp_path):
     """Every config is the same model trained with another seed: nothing beats the start (the
-    spec's seed 0, no grid point: trained as the extra trial), and nearly all are tied."""
+    spec's seed 0, no grid point: trained as the extra trial), nearly all are tied, `spa` keeps
+    the start, and the stage's deflated Sharpe tests the start's own trial."""
     sp = smoke_spec(tiny_market, **{
         "params.train_seed": "{set: train.seed}",
         "stages": "[{name: seeds, grid: {train_seed: [1, 2, 3, 4]}}]",
         "final.seeds": "1", "final.baseline": "false", "final.compare_base": "false",
+        "selection.rule": "spa",
     })  # fmt: skip
     run_search(sp, tmp_path / "r", stop_after="seeds")
     st = RunDir(str(tmp_path / "r")).load().stage("seeds")
@@ -150,6 +154,11 @@ def test_a_stage_of_one_model_with_other_seeds_is_all_tied(tiny_market, ray_loca
     sig = st.best.significance
     assert sig.start == {"train_seed": 0} and not sig.start_is_grid_point
     assert sig.n_points == 4 and sig.n_tied >= 3 and not sig.beat_start, sig
+    assert st.best.point == {"train_seed": 0} and not sig.moved
+    run = RunDir(str(tmp_path / "r")).load()
+    assert selected_trial(run, "seeds") == "start_r0"
+    dsr = selected_dsr(run, ["seeds"], "start_r0")
+    assert dsr.n_trials == 5 and dsr.trial_id == "start_r0" and not dsr.skipped, dsr
 
 
 def test_a_stage_where_one_config_learns_beats_a_start_that_does_not(
