@@ -41,6 +41,7 @@ from ranker.data import Dataset, load
 from ranker.model import ModelConfig
 from ranker.train import TrainConfig, fit, score
 from search import spec as specmod
+from search.source import market_dir
 
 # What each stage of configs/search.yaml is expected to pick on the "tuned" market (see
 # ranker/synth.py's docstring for why), as full grid points of the stage.
@@ -67,21 +68,6 @@ class Runs:
     val: list[float]
     val_sharpe: list[float]
     test: list[float]
-
-
-def market_dir(spec: specmod.SearchSpec) -> str:
-    """The cached market of the spec's `data.synth`, named as `search.source.data_source` names
-    it, with the structure appended as the liquidity is."""
-    s = spec.data.synth
-    tag = f"synth-scale{s.scale:g}-seed{s.seed}-signal{s.signal:g}"
-    if s.n_symbols:
-        tag += f"-sym{s.n_symbols}"
-    if s.n_dates:
-        tag += f"-dates{s.n_dates}"
-    for value, default in ((s.liquidity, "static"), (s.structure, "simple")):
-        if value != default:
-            tag += f"-{value}"
-    return os.path.join(os.path.expanduser(spec.data.cache_dir), tag)
 
 
 def ensure_market(spec: specmod.SearchSpec) -> str:

@@ -111,6 +111,9 @@ def _quiet_tune(verbose: bool) -> None:
     # On Ctrl-C Tune advises `Tuner.restore(...)`; our error line gives the command that resumes
     # the whole run instead.
     logging.getLogger("ray.tune.tune").addFilter(NoTunerRestoreHint())
+    # Reading a stage back to resume it, Tune warns about every trial that had not reported
+    # yet (it has no metrics to fetch); those trials simply start, which our lines say.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").addFilter(NotReportedYet())
 
 
 # ---------------------------------------------------------------- parser
@@ -221,6 +224,19 @@ class NoTunerRestoreHint(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
         return "Tuner.restore(" not in text and "Trials did not complete" not in text
+
+
+class NotReportedYet(logging.Filter):
+    """Drops Tune's 'Failed to fetch metrics for N trial(s)' when every one of them is a trial
+    that had not reported yet (neither result.json nor progress.csv exists); any other failure
+    to read a trial's metrics still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if not text.startswith("Failed to fetch metrics for"):
+            return True
+        failures = [ln for ln in text.splitlines()[1:] if ln.startswith("- ")]
+        return not failures or not all("were not found at" in ln for ln in failures)
 
 
 class OneLineErrors(logging.Filter):

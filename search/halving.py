@@ -110,9 +110,13 @@ class Ledger:
                 self._values[p].setdefault(r, {}).setdefault(rep, -math.inf)
 
     def _complete(self) -> dict[int, dict[int, list[float]]]:
+        """Every grid point's complete rungs (a point no trial has reported for yet has none,
+        so no rung is decided before every point of the grid has reached it)."""
         n = self.stage.replicates
-        return {p: {r: [reps[i] for i in range(n)] for r, reps in per.items() if len(reps) == n}
-                for p, per in self._values.items()}  # fmt: skip
+        out: dict[int, dict[int, list[float]]] = {p: {} for p in range(len(self.stage.points))}
+        for p, per in self._values.items():
+            out[p] = {r: [reps[i] for i in range(n)] for r, reps in per.items() if len(reps) == n}
+        return out
 
     def cuts(self) -> dict[int, int]:
         """{grid point: the rung it was stopped at}, for the rungs decided so far."""
@@ -121,8 +125,14 @@ class Ledger:
     def decided(self, r: int) -> bool:
         """Whether rung `r` has been decided: every point alive at it has reached it."""
         complete, cut = self._complete(), self.cuts()
-        alive = [p for p in self._values if cut.get(p, math.inf) >= r]
+        alive = [p for p in complete if cut.get(p, math.inf) >= r]
         return bool(alive) and all(r in complete.get(p, {}) for p in alive)
+
+
+# The spec's max_concurrent per stage experiment, set by the driver before each fit: a restored
+# Tuner brings back the scheduler pickled when the stage started, and a `resume` may have
+# changed max_concurrent since.
+RUNNING_LIMITS: dict[str, int] = {}
 
 
 class SuccessiveHalving(FIFOScheduler):
@@ -135,9 +145,13 @@ class SuccessiveHalving(FIFOScheduler):
     given back with results, it replays every result the experiment recorded (through the
     public `tune.ExperimentAnalysis`) before it decides anything."""
 
-    def __init__(self, ledger: Ledger, metric: str, exp_dir: str) -> None:
+    def __init__(self, ledger: Ledger, metric: str, exp_dir: str, max_running: int = 0) -> None:
         super().__init__()
         self.ledger, self._key, self.exp_dir = ledger, metric, exp_dir
+        # The spec's max_concurrent, kept here rather than by Tune's searcher: the searcher
+        # counts a trial paused at a rung as running, and would not start the points that
+        # still have to reach it.
+        self.max_running = max_running
         self._replayed = False
 
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
@@ -169,6 +183,9 @@ class SuccessiveHalving(FIFOScheduler):
         """New trials first (every point must reach the rung); then paused trials whose rung
         has been decided in their favour."""
         trials = tune_controller.get_trials()
+        limit = RUNNING_LIMITS.get(self.exp_dir, self.max_running)
+        if limit and sum(t.status == Trial.RUNNING for t in trials) >= limit:
+            return None
         for t in trials:
             if t.status == Trial.PENDING:
                 return t

@@ -16,6 +16,21 @@ from search.spec import SearchSpec
 log = logging.getLogger("liquid_search")
 
 
+def market_dir(spec: SearchSpec) -> str:
+    """Where the cached synthetic market of the spec's `data.synth` lives: one directory per
+    set of generator parameters (the defaults left out of its name)."""
+    s = spec.data.synth
+    tag = f"synth-scale{s.scale:g}-seed{s.seed}-signal{s.signal:g}"
+    if s.n_symbols:
+        tag += f"-sym{s.n_symbols}"
+    if s.n_dates:
+        tag += f"-dates{s.n_dates}"
+    for value, default in ((s.liquidity, "static"), (s.structure, "simple")):
+        if value != default:
+            tag += f"-{value}"
+    return os.path.join(os.path.expanduser(spec.data.cache_dir), tag)
+
+
 def data_source(spec: SearchSpec, override: str | None = None) -> str:
     """The data directory/URI: --data, spec.data.source, or the cached synthetic market
     (generated on first use)."""
@@ -23,16 +38,7 @@ def data_source(spec: SearchSpec, override: str | None = None) -> str:
     if source is not None:
         return source
     s = spec.data.synth
-    tag = f"synth-scale{s.scale:g}-seed{s.seed}-signal{s.signal:g}"
-    if s.n_symbols:
-        tag += f"-sym{s.n_symbols}"
-    if s.n_dates:
-        tag += f"-dates{s.n_dates}"
-    if s.liquidity != "static":
-        tag += f"-{s.liquidity}"
-    if s.structure != "simple":
-        tag += f"-{s.structure}"
-    path = os.path.join(os.path.expanduser(spec.data.cache_dir), tag)
+    path = market_dir(spec)
     if not os.path.exists(os.path.join(path, synth.SUMMARY_FILE)):
         log.info(f"generating the synthetic market into {path} (once; cached for later runs)")
         # The cache is ours: a half-written market left by an interrupted generation is replaced.

@@ -10,6 +10,10 @@ Sharpe ratio of each selection, from the trials' daily validation IC.
 
 N counts trials (replicates included), not independent configs, so the deflation is
 conservative when replicates or neighbouring grid points are correlated.
+
+Under successive halving a trial cut at a rung is a finished candidate: its series is that of
+its best evaluation up to the cut, so PBO, DSR (N counts it) and the tied set (`significance`)
+judge it by what it had shown when it was stopped, as the selection did.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from ranker.model import ModelConfig
 from ranker.train import TrainConfig
 from search.connect import is_client
 from search.errors import Interrupted, StageFailed, storage_error, storage_fault
-from search.halving import Ledger, SuccessiveHalving, seed_from_history
+from search.halving import RUNNING_LIMITS, Ledger, SuccessiveHalving, seed_from_history
 from search.results import mean_std
 from search.rundir import Best, RunDir, Series, latest_checkpoints, read_checkpoint, read_series
 from search.selection import best_point, point_scores
@@ -455,6 +455,7 @@ def _tuner(
     exp_dir = run.stage_path(stage.name)
     if stop is not None:
         _STOPS[exp_dir] = stop
+    RUNNING_LIMITS[exp_dir] = spec.max_concurrent
     # Tune snapshots the experiment (which trial finished, each one's latest checkpoint) every
     # TUNE_GLOBAL_CHECKPOINT_S seconds; `resume` after a crash starts from that snapshot. Its
     # default ("auto", >= 10 s) could replay up to 10 s of every running trial; a snapshot is a
@@ -489,7 +490,7 @@ def _tuner(
         for config, history in rebuilt_from:  # the rungs a rebuilt stage's trials had passed
             seed_from_history(ledger, config, history, spec.train.metric)
         scheduler = SuccessiveHalving(ledger, "best_" + spec.train.metric,
-                                      run.stage_path(stage.name))  # fmt: skip
+                                      run.stage_path(stage.name), spec.max_concurrent)  # fmt: skip
         log.info(f"[{stage.name}] successive halving: at epochs {ledger.at} the best "
                  f"1/{spec.halving.reduction} of the grid points go on")  # fmt: skip
     if tracker is not None:
@@ -500,7 +501,8 @@ def _tuner(
         param_space=param_space(stage),
         tune_config=tune.TuneConfig(
             scheduler=scheduler,
-            max_concurrent_trials=spec.max_concurrent or None,
+            # With halving, the scheduler keeps max_concurrent (`SuccessiveHalving`).
+            max_concurrent_trials=(spec.max_concurrent or None) if scheduler is None else None,
             # A finished trial's process takes the next trial: no new process, no second
             # import of torch and Ray Tune per trial (about 7 core-seconds each otherwise).
             reuse_actors=True,

@@ -5,13 +5,10 @@ one."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +16,8 @@ import pytest
 
 from search.halving import cuts, rungs
 from search.rundir import RunDir
-from tests.conftest import FAULTS, SMOKE, run_search, smoke_spec
+from tests.conftest import SMOKE, run_search, smoke_spec
+from tests.faults import faulted_driver, interrupt
 
 GRID = "[{name: architecture, grid: {latent_scale: [0.5, 1.0, 2.0], news_alpha: [0.6, 0.8, 1.0]}}]"
 HALVING = {"stages": GRID, "halving.reduction": "3", "train.epochs": "3", "train.eval_every": "1",
@@ -51,11 +49,17 @@ def _rows(run_dir: Path):
     return st, {tuple(sorted(r.point.items())): r for r in st.rows}
 
 
-def test_a_halving_stage_cuts_the_same_points_every_time(tiny_market, ray_local, tmp_path):
-    sp = smoke_spec(tiny_market, **HALVING)
-    for name in ("a", "b"):
-        run_search(sp, tmp_path / name, stop_after="architecture")
-    (st, a), (_, b) = _rows(tmp_path / "a"), _rows(tmp_path / "b")
+@pytest.fixture(scope="module")
+def clean(tiny_market, ray_local, tmp_path_factory) -> Path:
+    """The halving stage run once, uninterrupted, in this process."""
+    run_dir = tmp_path_factory.mktemp("halving") / "clean"
+    run_search(smoke_spec(tiny_market, **HALVING), run_dir, stop_after="architecture")
+    return run_dir
+
+
+def test_a_halving_stage_cuts_the_same_points_every_time(tiny_market, clean, tmp_path):
+    run_search(smoke_spec(tiny_market, **HALVING), tmp_path / "b", stop_after="architecture")
+    (st, a), (_, b) = _rows(clean), _rows(tmp_path / "b")
     assert {k: (r.status, r.epoch) for k, r in a.items()} == {
         k: (r.status, r.epoch) for k, r in b.items()
     }
@@ -65,54 +69,37 @@ def test_a_halving_stage_cuts_the_same_points_every_time(tiny_market, ray_local,
     assert sorted(r.epoch for r in a.values()) == [1] * 6 + [2] * 2 + [3]
     assert st.best.point == next(dict(k) for k, r in a.items() if r.status == "TERMINATED")
     # A cut trial keeps the series of its best evaluation: it was a candidate.
-    assert len(RunDir(str(tmp_path / "a")).load().trial_series("architecture")) == 9
+    assert len(RunDir(str(clean)).load().trial_series("architecture")) == 9
 
 
-def _cli_run(market: Path, storage: Path, name: str, fault: dict | None = None):
+def _cli_run(market: Path, storage: Path, name: str) -> tuple[list[str], dict[str, str]]:
     args = ["run", "--config", str(SMOKE), "--storage", str(storage), "--name", name,
             f"data.source={market}", "max_concurrent=1",
             *(f"{k}={v}" for k, v in HALVING.items())]  # fmt: skip
-    cli = [sys.executable, "-m", "search.cli"] if fault is None else [
-        sys.executable, str(FAULTS), json.dumps(fault)]  # fmt: skip
-    env = {**os.environ, "RAY_ADDRESS": "local", "PYTHONUNBUFFERED": "1"}
-    return [*cli, *args], env
+    return args, {**os.environ, "RAY_ADDRESS": "local", "PYTHONUNBUFFERED": "1"}
 
 
 def test_a_halving_stage_resumed_after_ctrl_c_ends_as_an_uninterrupted_one(
-    tiny_market, tmp_path, spawns_ray
+    tiny_market, clean, tmp_path, spawns_ray
 ):
     """Ctrl-C while the second rung is being reached (points paused at it, others stopped at
     the first), then resume: the same points are cut at the same rungs, every trial ends with
     the uninterrupted run's metrics."""
-    clean_args, env = _cli_run(tiny_market, tmp_path, "clean")
-    assert subprocess.run(clean_args, env=env, capture_output=True, timeout=400).returncode == 0
     marker = tmp_path / "hung"
-    fault = {"stage": "architecture", "point": {"latent_scale": 2.0}, "epoch": 2, "mode": "hang",
-             "marker": str(marker)}  # fmt: skip
-    args, env = _cli_run(tiny_market, tmp_path, "cut", fault)
-    with open(tmp_path / "cut.log", "w") as log:
-        proc = subprocess.Popen(args, env=env, stdout=log, stderr=log, start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while not marker.exists():
-            assert proc.poll() is None and time.time() < deadline, (
-                tmp_path / "cut.log"
-            ).read_text()[-3000:]
-            time.sleep(0.2)
-        time.sleep(2)  # Tune's snapshot (every second) records the trial at its checkpoint
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 130, (tmp_path / "cut.log").read_text()[-3000:]
+    # The last of the three points that reach the second rung hangs in its second epoch: the
+    # other two stand paused at that rung, six were stopped at the first.
+    fault = {"stage": "architecture", "point": {"latent_scale": 2.0, "news_alpha": 1.0},
+             "epoch": 2, "mode": "hang", "before_report": True, "marker": str(marker)}
+    args, env = _cli_run(tiny_market, tmp_path, "cut")
+    with faulted_driver(fault, args, tmp_path / "cut.log", env) as proc:
+        out = interrupt(proc, tmp_path / "cut.log", settle=2)
+    assert proc.returncode == 130, out[-3000:]
     r = subprocess.run([sys.executable, "-m", "search.cli", "resume", str(tmp_path / "cut")],
                        env=env, capture_output=True, text=True, timeout=400)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
-    (_, clean), (_, cut) = _rows(tmp_path / "clean"), _rows(tmp_path / "cut")
+    (_, want), (_, cut) = _rows(clean), _rows(tmp_path / "cut")
     assert {k: (r.status, r.epoch) for k, r in cut.items()} == {
-        k: (r.status, r.epoch) for k, r in clean.items()
+        k: (r.status, r.epoch) for k, r in want.items()
     }
-    for k, row in clean.items():
+    for k, row in want.items():
         assert cut[k].best_metrics == pytest.approx(row.best_metrics, abs=1e-9), k

@@ -12,7 +12,6 @@ and the stuck one's checkpoint; then they interrupt the driver (Ctrl-C, or SIGKI
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -25,7 +24,8 @@ from typing import Any
 import pytest
 
 from search.rundir import RunDir
-from tests.conftest import FAULTS, SMOKE
+from tests.conftest import SMOKE
+from tests.faults import faulted_driver
 from tests.test_api import assert_view_matches_status
 
 GRID = "stages.architecture.grid={latent_scale: [0.5, 1.0], news_alpha: [0.6, 0.8, 1.0]}"
@@ -40,12 +40,9 @@ STUCK = {
 EPOCHS = 4
 
 
-def _args(market: Path, storage: Path, name: str, fault: dict | None = None) -> list[str]:
-    """The run's command line; with a fault, through `tests/faults.py`."""
-    cli = [sys.executable, "-m", "search.cli"]
-    if fault is not None:
-        cli = [sys.executable, str(FAULTS), json.dumps(fault)]
-    return [*cli, "run", "--config", str(SMOKE), "--storage", str(storage), "--name", name,
+def _args(market: Path, storage: Path, name: str) -> list[str]:
+    """The run's `liquid-search` arguments (the faulted driver runs them, `tests/faults.py`)."""
+    return ["run", "--config", str(SMOKE), "--storage", str(storage), "--name", name,
             f"data.source={market}", ONE_STAGE, f"train.epochs={EPOCHS}", "max_concurrent=1",
             "final.baseline=false", "final.seeds=1", "final.compare_base=false"]  # fmt: skip
 
@@ -88,21 +85,18 @@ def _interrupt_when_stuck(
              "marker": str(marker)}  # fmt: skip
     log_path = storage / f"{name}.log"
     storage.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(_args(market, storage, name, fault), stdout=log, stderr=log,
-                                env=_env(), start_new_session=True)  # fmt: skip
     stage_dir = storage / name / "architecture"
-    try:
-        deadline = time.time() + 300
-        while True:
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            assert time.time() < deadline, log_path.read_text()[-3000:]
-            snap = _snapshot(stage_dir) if marker.exists() else {}
-            done = [t for t in snap.values() if t["status"] == "TERMINATED"]
-            stuck = [t for t in snap.values() if t["config"] == STUCK and t["epoch"] == 2]
-            if len(done) == 3 and stuck:
-                break
-            time.sleep(0.3)
+    snap: dict = {}
+
+    def stuck() -> bool:
+        snap.clear()
+        snap.update(_snapshot(stage_dir))
+        done = [t for t in snap.values() if t["status"] == "TERMINATED"]
+        return len(done) == 3 and any(
+            t["config"] == STUCK and t["epoch"] == 2 for t in snap.values()
+        )
+
+    with faulted_driver(fault, _args(market, storage, name), log_path, _env(), stuck) as proc:
         if while_stuck is not None:
             while_stuck()
         if sig == signal.SIGKILL:
@@ -110,10 +104,6 @@ def _interrupt_when_stuck(
         else:
             proc.send_signal(sig)  # Ctrl-C reaches the driver (Tune stops the trials itself)
         proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     return snap, log_path.read_text()
 
 
@@ -200,28 +190,20 @@ def _stop_first_trial(
     market: Path, storage: Path, name: str, *signals: int
 ) -> tuple[int, str, float]:
     """Run until the first trial hangs after epoch 1, then send `signals` to the driver half a
-    second apart. Returns its exit code, its stderr and the seconds it took after the last."""
+    second apart. Returns its exit code, its output and the seconds it took after the last."""
     marker = storage / f"{name}.hung"
     fault = {"stage": "architecture", "point": {"latent_scale": 0.5, "news_alpha": 0.6},
              "epoch": 1, "mode": "hang", "marker": str(marker)}  # fmt: skip
-    proc = subprocess.Popen(_args(market, storage, name, fault), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env=_env())  # fmt: skip
-    try:
-        deadline = time.time() + 300
-        while not marker.exists():
-            assert proc.poll() is None and time.time() < deadline
-            time.sleep(0.2)
+    log = storage / f"{name}.log"
+    storage.mkdir(parents=True, exist_ok=True)
+    with faulted_driver(fault, _args(market, storage, name), log, _env()) as proc:
         for i, sig in enumerate(signals):
             if i:
                 time.sleep(0.5)
             proc.send_signal(sig)
         t = time.time()
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        proc.wait(timeout=120)
+    err = log.read_text()
     return proc.returncode, err, time.time() - t
 
 

@@ -17,8 +17,8 @@ from arch.bootstrap import StationaryBootstrap
 
 from ranker.significance import default_block, model_confidence_set, superior_predictive_ability
 from search import spec as specmod
-from search.rundir import RunDir, Series
 from search.analysis import selected_trial
+from search.rundir import RunDir, Series
 from search.significance import assess, start_point
 from search.stage_overfit import selected_dsr
 from search.stages import select

@@ -11,10 +11,7 @@ same spec and data) to the last digit.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +25,8 @@ import pytest
 
 from search.rundir import RunDir
 from tests.cluster_util import free_port
-from tests.conftest import FAULTS, SMOKE
+from tests.conftest import SMOKE
+from tests.faults import faulted_driver
 
 STAGES = ["architecture", "training", "dropout"]
 # The training stage's first trial pauses after its epoch-1 checkpoint: the moment the storage
@@ -59,24 +57,11 @@ def _same_results(run_dir: str, reference: Path) -> None:
         assert (mine.val, mine.test, mine.costs) == (part.val, part.test, part.costs), role
 
 
-@contextlib.contextmanager
 def _paused_run(args: list[str], marker: Path, env: dict[str, str], log: Path):
     """The driver, running `args` with the training stage's first trial paused after its
     epoch-1 checkpoint (`PAUSE`) until `release(proc)`; killed at the end whatever happens."""
     fault = {**PAUSE, "marker": str(marker), "release": str(marker) + ".go"}
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, str(FAULTS), json.dumps(fault), *args],
-                                stdout=out, stderr=out, env=env, start_new_session=True)  # fmt: skip
-    try:
-        deadline = time.time() + 300
-        while not marker.exists():
-            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    return faulted_driver(fault, args, log, env)
 
 
 def _release(proc: subprocess.Popen, marker: Path, log: Path) -> str:

@@ -6,12 +6,9 @@ ends as an uninterrupted one."""
 from __future__ import annotations
 
 import itertools
-import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +21,8 @@ from ranker.universe import UniverseConfig
 from search.pooling import concatenate, pooled
 from search.rundir import RunDir
 from search.store import put_view
-from tests.conftest import FAULTS, SMOKE, run_search, smoke_spec
+from tests.conftest import SMOKE, run_search, smoke_spec
+from tests.faults import faulted_driver, interrupt
 
 WF = {"walk_forward.folds": "2", "walk_forward.test": "0.4", "walk_forward.val": "0.1",
       "stages": "[{name: architecture, grid: {latent_scale: [0.5, 1.0]}}, "
@@ -177,27 +175,11 @@ def test_a_walk_forward_interrupted_and_resumed_ends_as_an_uninterrupted_one(
     marker = tmp_path / "hung"
     fault = {"stage": "training", "point": {"learning_rate": 2e-3}, "epoch": 1, "mode": "hang",
              "marker": str(marker)}  # fmt: skip
-    args = [sys.executable, str(FAULTS), json.dumps(fault), "run", "--config", str(SMOKE),
-            "--storage", str(tmp_path), "--name", "wf", f"data.source={tiny_market}",
-            *(f"{k}={v}" for k, v in WF.items())]  # fmt: skip
+    args = ["run", "--config", str(SMOKE), "--storage", str(tmp_path), "--name", "wf",
+            f"data.source={tiny_market}", *(f"{k}={v}" for k, v in WF.items())]  # fmt: skip
     env = {**os.environ, "RAY_ADDRESS": "local", "PYTHONUNBUFFERED": "1"}
-    with open(tmp_path / "run.log", "w") as log:
-        proc = subprocess.Popen(args, env=env, stdout=log, stderr=log, start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while not marker.exists():
-            assert proc.poll() is None and time.time() < deadline, (
-                tmp_path / "run.log"
-            ).read_text()[-3000:]
-            time.sleep(0.2)
-        time.sleep(2)
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    out = (tmp_path / "run.log").read_text()
+    with faulted_driver(fault, args, tmp_path / "run.log", env) as proc:
+        out = interrupt(proc, tmp_path / "run.log", settle=2)
     assert proc.returncode == 130, out[-3000:]
     assert "liquid-search resume" in out.strip().splitlines()[-1] and "Traceback" not in out
     r = subprocess.run([sys.executable, "-m", "search.cli", "resume", str(tmp_path / "wf")],
