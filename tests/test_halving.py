@@ -88,8 +88,14 @@ def test_a_halving_stage_resumed_after_ctrl_c_ends_as_an_uninterrupted_one(
     marker = tmp_path / "hung"
     # The last of the three points that reach the second rung hangs in its second epoch: the
     # other two stand paused at that rung, six were stopped at the first.
-    fault = {"stage": "architecture", "point": {"latent_scale": 2.0, "news_alpha": 1.0},
-             "epoch": 2, "mode": "hang", "before_report": True, "marker": str(marker)}
+    fault = {
+        "stage": "architecture",
+        "point": {"latent_scale": 2.0, "news_alpha": 1.0},
+        "epoch": 2,
+        "mode": "hang",
+        "before_report": True,
+        "marker": str(marker),
+    }
     args, env = _cli_run(tiny_market, tmp_path, "cut")
     with faulted_driver(fault, args, tmp_path / "cut.log", env) as proc:
         out = interrupt(proc, tmp_path / "cut.log", settle=2)
