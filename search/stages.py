@@ -21,6 +21,7 @@ import os
 import pickle
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -528,14 +529,21 @@ def _tuner(
 _REGISTRY = threading.Lock()
 
 
-def _trainable(job: TrialJob, data: dict[str, Any], fold: int) -> str:
-    """The stage's trainable, registered under a name of its own: `run_trial` (the name every
-    single-split run recorded in its experiment, which a resume must find) or, for a fold,
-    `run_trial_fold<i>` (folds side by side must not replace each other's)."""
+def _trainable(job: TrialJob, data: dict[str, Any], fold: int) -> str | Callable[..., None]:
+    """The stage's trainable, under a name of its own: `run_trial` (the name every single-split
+    run recorded in its experiment, which a resume must find) or, for a fold,
+    `run_trial_fold<i>` (folds side by side must not replace each other's). Registered here,
+    behind a lock (Tune's registry is not thread-safe, and the folds' threads fit at once), and
+    given to Tune by name; through Ray Client the Tuner runs in an actor on the cluster, where
+    the client's object refs inside the trainable cannot be unpickled from the registry, so
+    there it is given as the object, and Tune registers it on the cluster under its name."""
     res = job.spec.resources
     trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, job=job),
                                     {"cpu": res.cpu, "gpu": res.gpu})  # fmt: skip
     name = "run_trial" if not fold else f"run_trial_fold{fold}"
+    trainable.__name__ = name
+    if is_client():
+        return trainable
     with _REGISTRY:
         tune.register_trainable(name, trainable)
     return name

@@ -5,8 +5,9 @@ it holds the lease).
 
 Each fault ends the run in one line naming the storage and the fix, with exit code 3 and no
 traceback; once the storage is back, `liquid-search resume` finishes the run, and its selections
-and final metrics equal those of the uninterrupted smoke run (the session's `smoke_run`, the
-same spec and data) to the last digit.
+and final metrics equal those of the same spec run uninterrupted (`reference`) to the last
+digit. The spec is the smoke one cut to what the faults need: a stage done before the fault,
+the stage it strikes, and a final model of one seed.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ import pytest
 
 from search.rundir import RunDir
 from tests.cluster_util import free_port
-from tests.conftest import SMOKE
+from tests.conftest import SMOKE, run_search, smoke_spec
 from tests.faults import faulted_driver
 
-STAGES = ["architecture", "training", "dropout"]
+SHORT = {"stages": "[{name: architecture, grid: {latent_scale: [1.0]}}, {name: training, grid: "
+                   "{learning_rate: [1.0e-3, 2.0e-3]}}]",
+         "final.seeds": "1", "final.baseline": "false", "final.compare_base": "false"}  # fmt: skip
 # The training stage's first trial pauses after its epoch-1 checkpoint: the moment the storage
 # goes away, before its epoch-2 checkpoint.
 PAUSE = {"stage": "training", "point": {"learning_rate": 1e-3}, "epoch": 1, "mode": "pause"}
@@ -43,10 +46,26 @@ def _cli(*args: str, env: dict[str, str] | None = None, timeout: int = 400):
                           text=True, timeout=timeout, env=env or _env())  # fmt: skip
 
 
+def _args(storage: str, name: str, market: Path) -> list[str]:
+    """`liquid-search run` of the SHORT spec."""
+    return ["run", "--config", str(SMOKE), "--storage", storage, "--name", name,
+            f"data.source={market}", *(f"{k}={v}" for k, v in SHORT.items())]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_market: Path, ray_local, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The SHORT spec run uninterrupted, in this process."""
+    run_dir = tmp_path_factory.mktemp("reference") / "short"
+    run_search(smoke_spec(tiny_market, **SHORT), run_dir)
+    return run_dir
+
+
 def _same_results(run_dir: str, reference: Path) -> None:
     """Every stage's selection and the final phase's metrics, as the uninterrupted run's."""
     got, want = RunDir(run_dir).load(), RunDir(str(reference)).load()
-    for st in STAGES:
+    assert [s.name for s in got.stages] == [s.name for s in want.stages] == ["architecture",
+                                                                            "training"]  # fmt: skip
+    for st in (s.name for s in want.stages):
         a, b = got.stage(st).best, want.stage(st).best
         assert (a.point, a.value) == (b.point, b.value), st
         assert [r.best_metrics for r in got.stage(st).rows] == [
@@ -114,12 +133,11 @@ def _fill(directory: Path) -> Path:
 
 
 def test_a_full_disk_mid_stage_ends_in_one_line_and_resume_finishes_the_run(
-    small_disk: Path, tiny_market: Path, smoke_run: Path, tmp_path: Path
+    small_disk: Path, tiny_market: Path, reference: Path, tmp_path: Path
 ):
     run_dir = str(small_disk / "runs" / "full")
     marker = tmp_path / "paused"
-    args = ["run", "--config", str(SMOKE), "--storage", str(small_disk / "runs"), "--name",
-            "full", f"data.source={tiny_market}"]  # fmt: skip
+    args = _args(str(small_disk / "runs"), "full", tiny_market)
     with _paused_run(args, marker, _env(), tmp_path / "driver.log") as proc:
         filler = _fill(small_disk)
         out = _release(proc, marker, tmp_path / "driver.log")
@@ -130,7 +148,7 @@ def test_a_full_disk_mid_stage_ends_in_one_line_and_resume_finishes_the_run(
     filler.unlink()
     r = _cli("resume", run_dir)
     assert r.returncode == 0, r.stderr[-4000:]
-    _same_results(run_dir, smoke_run)
+    _same_results(run_dir, reference)
 
 
 # ---------------------------------------------------------------- a store that goes away
@@ -221,14 +239,13 @@ def store(tmp_path_factory: pytest.TempPathFactory, tiny_market: Path, spawns_ra
 
 
 def test_an_object_store_that_stops_answering_mid_stage_then_resume(
-    store, tiny_market: Path, smoke_run: Path, tmp_path: Path
+    store, tiny_market: Path, reference: Path, tmp_path: Path
 ):
     relay, s3 = store
     env = _env(**s3)
     run_dir = "s3://liquid/runs/away"
     marker = tmp_path / "paused"
-    args = ["run", "--config", str(SMOKE), "--storage", "s3://liquid/runs", "--name", "away",
-            f"data.source={tiny_market}"]  # fmt: skip
+    args = _args("s3://liquid/runs", "away", tiny_market)
     with _paused_run(args, marker, env, tmp_path / "driver.log") as proc:
         relay.stop()
         out = _release(proc, marker, tmp_path / "driver.log")
@@ -240,7 +257,7 @@ def test_an_object_store_that_stops_answering_mid_stage_then_resume(
     assert r.returncode == 0, r.stderr[-4000:]
     os.environ.update(s3)  # this process reads the bucket too
     try:
-        _same_results(run_dir, smoke_run)
+        _same_results(run_dir, reference)
     finally:
         for k in s3:
             os.environ.pop(k, None)
@@ -254,10 +271,7 @@ def test_a_second_driver_on_the_same_run_refuses_in_one_line(tiny_market: Path, 
     in one line naming the driver that holds it; `status` reads it meanwhile."""
     marker = tmp_path / "paused"
     storage = tmp_path / "runs"
-    args = ["run", "--config", str(SMOKE), "--storage", str(storage), "--name", "x",
-            f"data.source={tiny_market}", "final.seeds=1", "final.baseline=false",
-            "final.compare_base=false", "stages=[{name: architecture, grid: {latent_scale: "
-            "[1.0]}}, {name: training, grid: {learning_rate: [1.0e-3, 2.0e-3]}}]"]  # fmt: skip
+    args = _args(str(storage), "x", tiny_market)
     with _paused_run(args, marker, _env(), tmp_path / "driver.log") as proc:
         run_dir = str(storage / "x")
         for cmd in (args, ["resume", run_dir], ["stage", "training", "--run", run_dir]):
