@@ -301,6 +301,7 @@ def _fit(
         if relay_ctx is not None:
             stack.enter_context(relay_ctx)
         try:
+            _distinct_staging(run.stage_dir(stage.name))
             grid = tuner.fit()
         except Exception as e:
             if stop is not None and stop.is_set():  # StopWhenSet ended the stage
@@ -521,6 +522,26 @@ def _tuner(
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         ),
     )
+
+
+# Tune stages a driver's experiment files (its state snapshots, before they are synced to the
+# run's storage) in a local directory named by the experiment's name and the second its fit
+# started (ray.train's StorageContext). Walk-forward folds run stages of the same name side by
+# side: two started within one second would share that directory, and each fold's syncer would
+# upload (or miss) the other's files. So a stage starts at least `_STAGING_GAP_S` seconds after
+# the last stage of the same name in this process.
+_STAGING_GAP_S = 2.0
+_STARTS = threading.Lock()
+_LAST_START: dict[str, float] = {}
+
+
+def _distinct_staging(name: str) -> None:
+    """Wait, if need be, so that this stage's Tune staging directory is its own (above)."""
+    with _STARTS:
+        wait = _LAST_START.get(name, -math.inf) + _STAGING_GAP_S - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        _LAST_START[name] = time.monotonic()
 
 
 # Tune's registry of trainables is a process-wide dict that is not safe to write from two
