@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 import ray
@@ -106,9 +107,7 @@ def init(address: str | None, *, verbose: bool = False) -> Any:
         kwargs["runtime_env"] = {"env_vars": {"RAY_AIR_NEW_OUTPUT": "0"}}
         kwargs["log_to_driver"] = False
     try:
-        ctx = ray.init(
-            address=address, logging_level=logging.INFO if verbose else logging.WARNING, **kwargs
-        )
+        ctx = _init(address, logging.INFO if verbose else logging.WARNING, kwargs)
     except (AuthenticationError, ConnectionError) as e:
         if _auth_refused(e):
             raise ClusterError(
@@ -132,6 +131,28 @@ def init(address: str | None, *, verbose: bool = False) -> Any:
             f"  the dashboard asks for the token in {token_file()} (REST: Authorization: Bearer <token>)"
         )
     return ctx
+
+
+# A Ray Client server starts a process of its own for each client session; on a busy head that
+# start can fail ("Initialization failure from server", with no reason given) and succeed a moment
+# later, so a ray:// connection is tried this many times, this many seconds apart.
+CLIENT_ATTEMPTS, CLIENT_RETRY_S = 3, 3.0
+
+
+def _init(address: str | None, level: int, kwargs: dict[str, Any]) -> Any:
+    """ray.init, with a ray:// session that the client server failed to start tried again."""
+    for attempt in range(1, CLIENT_ATTEMPTS + 1):
+        try:
+            return ray.init(address=address, logging_level=level, **kwargs)
+        except ConnectionAbortedError as e:
+            client = bool(address and address.startswith("ray://"))
+            if not client or "Initialization failure" not in str(e) or attempt == CLIENT_ATTEMPTS:
+                raise
+            log.warning(f"the Ray Client server at {address} could not start this session "
+                        f"(attempt {attempt} of {CLIENT_ATTEMPTS}); trying again")  # fmt: skip
+            ray.shutdown()
+            time.sleep(CLIENT_RETRY_S)
+    raise AssertionError("unreachable")
 
 
 def _first_line(e: BaseException) -> str:
