@@ -119,6 +119,14 @@ class FoldWindow:
     n_test: int
 
 
+def _some(problems: list[str], shown: int = 3) -> str:
+    """The first few of a list of problems, and how many more there are."""
+    more = len(problems) - shown
+    return "; ".join(problems[:shown]) + (
+        f"; and {more} more fold(s) like them" if more > 0 else ""
+    )
+
+
 def fold_windows(dates: np.ndarray, cfg: WalkForwardConfig) -> list[FoldWindow]:
     """The folds over the unique sorted `dates`.
 
@@ -147,7 +155,7 @@ def fold_windows(dates: np.ndarray, cfg: WalkForwardConfig) -> list[FoldWindow]:
                               dates[t1] if t1 < n else None, *counts.values()))  # fmt: skip
     if problems:
         raise ValueError(
-            f"walk-forward over {n} dates ({k} folds, {cfg.window}): {'; '.join(problems)}; "
+            f"walk-forward over {n} dates ({k} folds, {cfg.window}): {_some(problems)}; "
             f"each window needs {cfg.min_dates}+. Fix: fewer walk_forward.folds, a larger "
             f"walk_forward.test or val, or more dates."
         )
