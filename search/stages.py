@@ -301,7 +301,7 @@ def _fit(
         if relay_ctx is not None:
             stack.enter_context(relay_ctx)
         try:
-            _distinct_staging(run.stage_dir(stage.name))
+            _distinct_staging(run.stage_dir(stage.name), stop)
             grid = tuner.fit()
         except Exception as e:
             if stop is not None and stop.is_set():  # StopWhenSet ended the stage
@@ -535,12 +535,19 @@ _STARTS = threading.Lock()
 _LAST_START: dict[str, float] = {}
 
 
-def _distinct_staging(name: str) -> None:
-    """Wait, if need be, so that this stage's Tune staging directory is its own (above)."""
+def _distinct_staging(name: str, stop: threading.Event | None) -> None:
+    """Wait, if need be, so that this stage's Tune staging directory is its own (above); a
+    stage stopped meanwhile (Ctrl-C) does not start.
+
+    Raises:
+        Interrupted: `stop` was set.
+    """
     with _STARTS:
         wait = _LAST_START.get(name, -math.inf) + _STAGING_GAP_S - time.monotonic()
         if wait > 0:
-            time.sleep(wait)
+            stopped = stop.wait(wait) if stop is not None else time.sleep(wait)
+            if stopped:
+                raise Interrupted(f"stage {name!r} was stopped before it started")
         _LAST_START[name] = time.monotonic()
 
 
